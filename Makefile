@@ -1,0 +1,31 @@
+# Everything a fresh machine needs: `make demo` runs the main job, `make test` the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv bench clean
+
+venv: $(STAMP)
+
+# torch is installed first and exactly as pinned (other versions download gigabytes);
+# everything else comes from requirements.lock, the project itself last and without deps.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/compress prune --method cpna
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=15
+
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/cpna_xor.py
+
+clean:
+	rm -rf $(VENV) runs mlruns mlflow.db .pytest_cache

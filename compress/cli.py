@@ -1,0 +1,209 @@
+"""The `compress` command line. Thin: parse, resolve config, call a stage, print the result.
+
+Heavy modules (torch, mlflow, onnx) are imported inside the commands so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from compress.errors import GateFailed, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find sparse sub-networks, track them in MLflow, ship them as ONNX.")
+pipeline_app = typer.Typer(no_args_is_help=True, help="Run staged pipelines from YAML.")
+app.add_typer(pipeline_app, name="pipeline")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", "-s", help="Override a config key: --set train.lr=0.001 (repeatable).")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Seed for init, data order and masks.")]
+OutOpt = Annotated[Optional[Path], typer.Option(
+    "--out", "-o", help="Output folder (a stage's folder; for multi-stage commands, their root).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+FromOpt = Annotated[Optional[str], typer.Option(
+    "--from", help="Source: a stage folder or an MLflow run id.")]
+TrackOpt = Annotated[bool, typer.Option("--track/--no-track", help="Log to MLflow.")]
+
+
+class Invocation:
+    """The options every command shares, turned into config layers and a stage environment."""
+
+    def __init__(self, config: Path | None, sets: list[str] | None, seed: int | None,
+                 out: Path | None, as_json: bool, track: bool, extra: dict | None = None):
+        from compress.config import load_yaml, parse_set
+        self.layers = ([load_yaml(config)] if config else []) + [parse_set(s) for s in sets or []]
+        if extra:
+            self.layers.append(extra)
+        self.seed, self.out, self.as_json, self.track = seed, out, as_json, track
+
+    def env(self):
+        from compress.config import resolve
+        from compress.stages.runner import StageEnv
+        from compress.tracking import make_tracker
+        probe = resolve(*self.layers, seed=self.seed)
+        enabled = self.track and probe.tracking.enabled
+        tracker = make_tracker(enabled, probe.tracking.experiment)
+        return StageEnv(tracker=tracker, progress=not self.as_json)
+
+    def source(self, ref: str, env):
+        """A stage folder, or an MLflow run id resolved to one."""
+        from compress.stages.artifacts import read_stage
+        path = Path(ref)
+        if path.exists():
+            return read_stage(path)
+        if "/" in ref or ref.startswith("."):
+            raise UserError(f"{ref} does not exist; pass a stage folder or an MLflow run id")
+        return read_stage(env.tracker.fetch_run(ref, Path(".compress-cache") / ref))
+
+    def config(self, src=None):
+        from compress.config import resolve
+        base = [src.record["config"]] if src is not None else []
+        return resolve(*base, *self.layers, seed=self.seed)
+
+
+def _single(stage: str, inv: Invocation, src_ref: str | None) -> None:
+    from compress.stages.pipeline import run_one
+    env = inv.env()
+    src = inv.source(src_ref, env) if src_ref else None
+    record = run_one(stage, inv.config(src), env, src, inv.out)
+    _emit(record, inv.as_json)
+
+
+@app.command()
+def pretrain(config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
+             out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True) -> None:
+    """Train the dense network (saves its init weights for rewinding)."""
+    _single("pretrain", Invocation(config, set_, seed, out, as_json, track), None)
+
+
+@app.command()
+def prune(method: Annotated[str, typer.Option("--method", "-m", help="A registered method "
+                                              "(`compress methods`).")] = "cpna",
+          source: FromOpt = None, config: ConfigOpt = None, set_: SetOpt = None,
+          seed: SeedOpt = None, out: OutOpt = None, as_json: JsonOpt = False,
+          track: TrackOpt = True,
+          export: Annotated[bool, typer.Option("--export/--no-export",
+                                               help="Export the pruned model to ONNX.")] = True) -> None:
+    """Prune with a method. Without --from, pretrains first; exports the winner to ONNX."""
+    from compress.registry import METHODS
+    METHODS.get(method)  # unknown names fail here, listing the valid ones
+    inv = Invocation(config, set_, seed, out, as_json, track, extra={"method": {"name": method}})
+    if source:
+        from compress.stages.pipeline import run_one
+        env = inv.env()
+        src = inv.source(source, env)
+        cfg = inv.config(src)
+        with env.tracker.run(f"prune:{method}", tags={"compress.pipeline": "prune"}) as parent:
+            pruned = run_one("prune", cfg, env, src, inv.out / "prune" if inv.out else None)
+            stages = {"prune": pruned}
+            if export:
+                stages["export"] = run_one("export", cfg, env, _info(pruned),
+                                           inv.out / "export" if inv.out else None)
+        return _emit_chain({"run_id": parent, "stages": stages}, inv.as_json, main="prune")
+    _chain(inv, method, export)
+
+
+def _chain(inv: Invocation, method: str, export: bool) -> None:
+    from compress.stages.pipeline import PipelineSpec, run_pipeline
+    stages = [{"id": "pretrain", "stage": "pretrain"},
+              {"id": "prune", "stage": "prune", "from": "pretrain"}]
+    if export:
+        stages.append({"id": "export", "stage": "export", "from": "prune"})
+    spec = PipelineSpec(name=f"prune-{method}", stages=stages)
+    result = run_pipeline(spec, inv.env(), inv.layers, inv.seed, inv.out)
+    _emit_chain(result, inv.as_json, main="prune")
+
+
+def _info(record: dict):
+    from compress.stages.artifacts import StageInfo
+    return StageInfo(Path(record["out_dir"]), record)
+
+
+@app.command()
+def retrain(source: FromOpt = None,
+            mode: Annotated[Optional[str], typer.Option(
+                help="finetune (keep weights) | rewind (original init) | reinit (fresh init)")] = None,
+            config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
+            out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True) -> None:
+    """Retrain a pruned network with its mask: fine-tune, rewind to init, or re-initialise."""
+    _require(source, "retrain")
+    extra = {"retrain": {"mode": mode}} if mode else None
+    _single("retrain", Invocation(config, set_, seed, out, as_json, track, extra), source)
+
+
+@app.command("export")
+def export_cmd(source: FromOpt = None,
+               register: Annotated[Optional[str], typer.Option(
+                   help="Register the ONNX model under this name in the MLflow registry.")] = None,
+               alias: Annotated[Optional[str], typer.Option(help="Registry alias to set.")] = None,
+               config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
+               out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True) -> None:
+    """Export a stage's model to structurally shrunk ONNX (parity-checked), optionally register it."""
+    _require(source, "export")
+    extra = {"export": {k: v for k, v in (("registry_name", register), ("alias", alias)) if v}}
+    _single("export", Invocation(config, set_, seed, out, as_json, track, extra), source)
+
+
+@pipeline_app.command("run")
+def pipeline_run(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
+                 set_: SetOpt = None, seed: SeedOpt = None, out: OutOpt = None,
+                 as_json: JsonOpt = False, track: TrackOpt = True) -> None:
+    """Run every stage of a pipeline file under one parent MLflow run."""
+    from compress.stages.pipeline import load_pipeline, run_pipeline
+    spec = load_pipeline(file)
+    inv = Invocation(None, set_, seed, out, as_json, track)
+    inv.layers = [spec.config, *inv.layers]
+    result = run_pipeline(spec, inv.env(), inv.layers[1:], seed, out)
+    _emit_chain(result, as_json, main=None)
+
+
+@app.command()
+def methods(as_json: JsonOpt = False) -> None:
+    """List the registered pruning methods."""
+    from compress.registry import METHODS
+    entries = METHODS.entries()
+    if as_json:
+        print(json.dumps({e.name: e.summary for e in entries}))
+        return
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        print(f"{e.name:<{width}}  {e.summary}")
+
+
+def _require(value: str | None, stage: str) -> None:
+    if not value:
+        raise UserError(f"{stage} needs --from RUN_ID_OR_DIR (the output of an earlier stage)")
+
+
+# ------------------------------------------------------------------ output
+def _emit(record: dict, as_json: bool) -> None:
+    from compress.report import stage_json, stage_table
+    if as_json:
+        print(json.dumps(stage_json(record), default=str))
+    else:
+        stage_table(record)
+
+
+def _emit_chain(result: dict, as_json: bool, main: str | None) -> None:
+    from compress.report import chain_json, chain_table
+    if as_json:
+        print(json.dumps(chain_json(result, main), default=str))
+    else:
+        chain_table(result, main)
+
+
+def main() -> None:
+    try:
+        app()
+    except (UserError, GateFailed) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted: the unfinished stage's outputs were discarded", file=sys.stderr)
+        sys.exit(130)

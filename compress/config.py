@@ -1,0 +1,196 @@
+"""Typed configuration: pydantic models (unknown keys rejected), YAML, --set overrides, hashes.
+
+Resolution order (later wins): built-in defaults < the method's embedded defaults < --config
+file < --set key=value < --seed. The `data`, `model` and `method` sections are "named": their
+options are validated by the registered entry's own Params model, and when a layer changes a
+section's `name` the section's other options start again from that entry's defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from compress.errors import UserError
+
+NAMED_SECTIONS = ("data", "model", "method")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(Strict):
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(3e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-3, ge=0, description="L2 penalty (added to the gradient)")
+    batch_size: int = Field(256, ge=1)
+    duration: str = Field("150ep", description="'150ep' epochs or '4000it' iterations")
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        from compress.core.schedules import parse_duration
+        try:
+            parse_duration(v)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+
+class RetrainConfig(Strict):
+    mode: Literal["finetune", "rewind", "reinit"] = "finetune"
+    train: TrainConfig | None = Field(None, description="defaults to the pretrain settings")
+
+
+class ExportConfig(Strict):
+    shrink: bool = True
+    rtol: float = Field(1e-5, gt=0, description="max relative error of ONNX vs PyTorch")
+    parity_samples: int = Field(256, ge=1)
+    opset: int | None = None
+    registry_name: str | None = Field(None, description="register the ONNX model under this name")
+    alias: str = "candidate"
+
+
+class TrackingConfig(Strict):
+    enabled: bool = True
+    experiment: str = "compress"
+
+
+class Config(Strict):
+    seed: int = 0
+    data: dict[str, Any] = Field(default_factory=lambda: {"name": "xor"})
+    model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"})
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "cpna"})
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def section(self, key: str) -> tuple[str, dict]:
+        """(name, options without the name) of a named section."""
+        body = dict(getattr(self, key))
+        return body.pop("name"), body
+
+    def method_params(self):
+        from compress.registry import METHODS
+        name, opts = self.section("method")
+        return METHODS.get(name).params(**opts)
+
+    def dump(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def digest(self, *extra: str) -> str:
+        """Stable hash of this config plus the identities of its inputs."""
+        blob = json.dumps([self.dump(), *extra], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- layering
+def merge(base: dict, over: dict) -> dict:
+    """Deep merge; a named section whose `name` changes is replaced, not merged."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        old = out.get(key)
+        renamed = (key in NAMED_SECTIONS and isinstance(value, dict) and isinstance(old, dict)
+                   and "name" in value and value["name"] != old.get("name"))
+        if isinstance(value, dict) and isinstance(old, dict) and not renamed:
+            out[key] = merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_set(item: str) -> dict:
+    """'a.b.c=value' -> {'a': {'b': {'c': value}}}, the value parsed as YAML (1e-3, [1,2], true)."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r} is not key=value (e.g. --set train.lr=0.001)")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise UserError(f"--set {item!r}: empty part in key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def load_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
+    return data
+
+
+def _method_defaults(layers: list[dict]) -> dict:
+    """The embedded defaults of whichever method the layers select (the last name wins)."""
+    from compress.registry import METHODS
+    name = "cpna"
+    for layer in layers:
+        section = layer.get("method")
+        if isinstance(section, dict) and isinstance(section.get("name"), str):
+            name = section["name"]
+    return merge(METHODS.get(name).defaults, {"method": {"name": name}})
+
+
+def resolve(*layers: dict, seed: int | None = None) -> Config:
+    """Merge layers over the defaults, validate every section, return the typed config."""
+    merged: dict = Config().dump()
+    merged = merge(merged, _method_defaults(list(layers)))
+    for layer in layers:
+        merged = merge(merged, layer)
+    if seed is not None:
+        merged["seed"] = seed
+    try:
+        cfg = Config(**merged)
+    except ValidationError as e:
+        raise UserError(format_validation(e)) from None
+    _validate_named(cfg)
+    return cfg
+
+
+def _validate_named(cfg: Config) -> None:
+    """Check data/model/method options against their registered Params; fill in defaults."""
+    from compress.registry import DATASETS, METHODS, MODELS
+    for key, reg in (("data", DATASETS), ("model", MODELS), ("method", METHODS)):
+        body = getattr(cfg, key)
+        if not isinstance(body.get("name"), str):
+            raise UserError(f"config error at {key}.name: missing; valid: {', '.join(reg.names())}")
+        entry = reg.get(body["name"])
+        opts = {k: v for k, v in body.items() if k != "name"}
+        try:
+            typed = entry.params(**opts) if entry.params else None
+        except ValidationError as e:
+            raise UserError(format_validation(e, prefix=key)) from None
+        full = {"name": body["name"], **(typed.model_dump(mode="json") if typed else {})}
+        setattr(cfg, key, full)
+
+
+def format_validation(e: ValidationError, prefix: str = "") -> str:
+    """One line: every error as 'at a.b: message'."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in ((prefix,) if prefix else ()) + tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `compress methods` and the README list keys)"
+        parts.append(f"at {loc or '<top>'}: {msg}")
+    return "config error " + "; ".join(parts)

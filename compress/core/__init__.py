@@ -1,0 +1,1 @@
+"""The torch-only core: masks, masking, the training loop, schedules, scores, structure."""

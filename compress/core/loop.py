@@ -1,0 +1,158 @@
+"""fit(): the one training loop. Methods plug in through hooks, never by editing the loop.
+
+Per step, in this fixed order:
+    forward, loss, backward
+    hook.after_backward(state)        method gradient edits (e.g. a sparsity penalty)
+    masks.mask_grads()                pruned weights get no gradient
+    optimizer.step()
+    masks.mask_weights()              pruned weights are exactly zero again
+    hook.after_step(state)            method updates on a step schedule (GMP, IteRand)
+Per epoch end: metrics on the validation split, then hook.on_epoch_end(state, row) (CPNA
+normalises and prunes here), then the progress bar. History rows are returned, not logged:
+the caller tracks them in one batched call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+from torch import nn
+
+from compress.core.masking import MaskEnforcer
+from compress.core.metrics import classification_metrics, loss_fn
+from compress.core.schedules import parse_duration
+
+
+class Hook(Protocol):
+    def on_fit_start(self, state: "TrainState") -> None: ...
+    def after_backward(self, state: "TrainState") -> None: ...
+    def after_step(self, state: "TrainState") -> None: ...
+    def on_epoch_end(self, state: "TrainState", row: dict) -> None: ...
+
+
+class BaseHook:
+    """No-op hook to subclass: override only the events you need."""
+
+    def on_fit_start(self, state): pass
+    def after_backward(self, state): pass
+    def after_step(self, state): pass
+    def on_epoch_end(self, state, row): pass
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    masks: MaskEnforcer | None
+    step: int = 0
+    epoch: int = 0
+    total_steps: int = 0
+    steps_per_epoch: int = 1
+    history: list[dict] = field(default_factory=list)
+    train_loss: float = float("nan")  # mean loss of the last epoch
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split, batch_size: int = 4096) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(split.x[i:i + batch_size]) for i in range(0, len(split), batch_size)])
+    model.train(was_training)
+    return classification_metrics(logits, split.y)
+
+
+def fit(model: nn.Module, data, cfg, *, seed: int, hooks: Sequence[Hook] = (),
+        masks: MaskEnforcer | None = None, duration: str | None = None,
+        params=None, progress: str | None = None) -> list[dict]:
+    """Train `model` on data.train per `cfg` (a TrainConfig); returns per-epoch metric rows.
+
+    `duration` overrides cfg.duration; `params` restricts what the optimizer updates.
+    """
+    steps_per_epoch = max(1, -(-len(data.train) // cfg.batch_size))
+    total = parse_duration(duration or cfg.duration).steps(steps_per_epoch)
+    optimizer = make_optimizer(list(params if params is not None else model.parameters()), cfg)
+    state = TrainState(model, optimizer, masks, total_steps=total, steps_per_epoch=steps_per_epoch)
+    if masks is not None:
+        masks.bind(model)
+    for h in hooks:
+        h.on_fit_start(state)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    with _progress(progress, total) as advance:
+        while state.step < total:
+            _run_epoch(state, data, cfg.batch_size, gen, hooks, advance)
+            row = {"epoch": state.epoch, "step": state.step, "train_loss": state.train_loss,
+                   **{f"val_{k}": v for k, v in evaluate(model, data.val).items()}}
+            state.epoch += 1
+            for h in hooks:
+                h.on_epoch_end(state, row)
+            state.history.append(row)
+            advance(0, row)
+    return state.history
+
+
+def _run_epoch(state: TrainState, data, batch_size: int, gen, hooks, advance) -> None:
+    x, y = data.train.x, data.train.y
+    order = torch.randperm(len(y), generator=gen)
+    losses = []
+    for i in range(0, len(y), batch_size):
+        if state.step >= state.total_steps:
+            break
+        idx = order[i:i + batch_size]
+        state.optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(state.model(x[idx]), y[idx])
+        loss.backward()
+        for h in hooks:
+            h.after_backward(state)
+        if state.masks is not None:
+            state.masks.mask_grads()
+        state.optimizer.step()
+        if state.masks is not None:
+            state.masks.mask_weights()
+        state.step += 1
+        for h in hooks:
+            h.after_step(state)
+        losses.append(loss.detach())
+        advance(1, None)
+    state.train_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+
+
+class _progress:
+    """A rich progress bar on stderr (only on a terminal); a no-op otherwise."""
+
+    def __init__(self, label: str | None, total: int):
+        self.label, self.total, self.bar = label, total, None
+
+    def __enter__(self):
+        import sys
+        if self.label and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=self.total, info="")
+        return self.advance
+
+    def advance(self, n: int, row: dict | None) -> None:
+        if self.bar is None:
+            return
+        info = ""
+        if row:
+            key = "val_auc" if "val_auc" in row else "val_accuracy"
+            info = f"{key} {row[key]:.3f}"
+        self.bar.update(self.task, advance=n, **({"info": info} if row else {}))
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False

@@ -1,0 +1,94 @@
+"""Apply masks to a model and keep pruned weights exactly zero through training.
+
+Masks are enforced on the stored weights (not by a forward-time multiply): the forward pass
+stays the dense kernel with no overhead, and `apply_masks` after every optimizer step keeps
+pruned entries at exactly 0.0 whatever the optimizer does (momentum, Adam moments, decay).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from compress.core.masks import MaskSet
+
+PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Weights of Linear and Conv layers, by parameter name (never biases or norms)."""
+    out = {}
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, PRUNABLE_TYPES) and getattr(mod, "weight", None) is not None:
+            out[f"{mod_name}.weight" if mod_name else "weight"] = mod.weight
+    return out
+
+
+def keep_top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask keeping exactly the k largest scores (ties broken by position, stably)."""
+    flat = scores.detach().flatten()
+    k = max(0, min(int(k), flat.numel()))
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if k:
+        order = torch.sort(flat, descending=True, stable=True).indices
+        mask[order[:k]] = True
+    return mask.view_as(scores)
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero every pruned weight in place."""
+    params = dict(model.named_parameters())
+    for name, m in masks.items():
+        p = params[name]
+        p.mul_(m.to(p.device, p.dtype))
+
+
+class MaskEnforcer:
+    """Training hook: masked gradients before the step, masked weights after it.
+
+    When the mask changes (`update`), optimizer state of newly removed weights is reset so a
+    pruned connection carries no momentum.
+    """
+
+    def __init__(self, masks: MaskSet):
+        self.masks = masks
+        self._params: dict[str, nn.Parameter] = {}
+        self._device_masks: dict[str, torch.Tensor] = {}
+
+    def bind(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        missing = [n for n in self.masks if n not in params]
+        if missing:
+            raise KeyError(f"masks name parameters the model does not have: {missing}")
+        self._params = {n: params[n] for n in self.masks}
+        self._device_masks = {
+            n: m.to(self._params[n].device, self._params[n].dtype) for n, m in self.masks.items()
+        }
+        apply_masks(model, self.masks)
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        for n, p in self._params.items():
+            if p.grad is not None:
+                p.grad.mul_(self._device_masks[n])
+
+    @torch.no_grad()
+    def mask_weights(self) -> None:
+        for n, p in self._params.items():
+            p.mul_(self._device_masks[n])
+
+    @torch.no_grad()
+    def update(self, masks: MaskSet, optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.masks = masks
+        self._device_masks = {
+            n: m.to(self._params[n].device, self._params[n].dtype) for n, m in masks.items()
+        }
+        self.mask_weights()
+        if optimizer is not None:
+            for n, p in self._params.items():
+                for value in optimizer.state.get(p, {}).values():
+                    if torch.is_tensor(value) and value.shape == p.shape:
+                        value.mul_(self._device_masks[n])

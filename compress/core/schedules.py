@@ -1,0 +1,45 @@
+"""Durations and pruning schedules (pure functions)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from compress.errors import UserError
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ep|it)\s*$")
+
+
+@dataclass(frozen=True)
+class Duration:
+    amount: int
+    unit: str  # "ep" or "it"
+
+    def steps(self, steps_per_epoch: int) -> int:
+        return self.amount * steps_per_epoch if self.unit == "ep" else self.amount
+
+    def __str__(self) -> str:
+        return f"{self.amount}{self.unit}"
+
+
+def parse_duration(text: str | int) -> Duration:
+    """'150ep' (epochs) or '4000it' (iterations); a bare integer means epochs."""
+    if isinstance(text, int):
+        text = f"{text}ep"
+    m = _DURATION.match(str(text))
+    if not m:
+        raise UserError(f"duration {text!r} is not like '150ep' or '4000it'")
+    return Duration(int(m.group(1)), m.group(2))
+
+
+def anneal_count(start: int, target: int, step: int, steps: int, mu: float) -> int:
+    """Connections kept at `step` of the FSA annealing schedule (Barbu et al.).
+
+    M_e = k + (M - k) * max(0, (N - 2e) / (2 e mu + N)): starts at M, reaches k at e = N/2,
+    then stays at k. mu = 0 is linear; larger mu removes more early.
+    """
+    if steps <= 0 or start <= target:
+        return min(start, max(target, 0))
+    frac = max(0.0, (steps - 2 * step) / (2 * step * mu + steps))
+    return max(target, min(start, int(math.ceil(target + (start - target) * frac))))

@@ -1,0 +1,31 @@
+"""scikit-learn's 8x8 handwritten digits (ships with the package), standardised."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from compress.data.base import DataBundle, split_three, standardise
+from compress.registry import register_dataset
+
+
+class DigitsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.25, gt=0, lt=0.5)
+    seed: int = 0
+
+
+@register_dataset("digits", params=DigitsParams,
+                  summary="scikit-learn 8x8 digits, 1797 images, 10 classes (standardised)")
+def load_digits(p: DigitsParams) -> DataBundle:
+    from sklearn.datasets import load_digits as sk_digits
+
+    raw = sk_digits()
+    x = torch.tensor(raw.data, dtype=torch.float32)
+    y = torch.tensor(raw.target, dtype=torch.long)
+    n = len(y)
+    n_val, n_test = int(n * p.val_fraction), int(n * p.test_fraction)
+    train, val, test = split_three(x, y, (n - n_val - n_test, n_val, n_test), p.seed)
+    standardise(train, val, test)
+    return DataBundle("digits", train, val, test, num_classes=10, in_shape=(64,))

@@ -1,0 +1,13 @@
+"""The one exception type for user mistakes: the CLI prints its message on one line, exit 2."""
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, paths, options): never shown as a traceback."""
+
+    exit_code = 2
+
+
+class GateFailed(Exception):
+    """A quality gate did not hold (exit 3)."""
+
+    exit_code = 3

@@ -1,0 +1,55 @@
+"""What every method receives and returns, and option pieces the methods share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from compress.core.masks import MaskSet
+
+
+@dataclass
+class PruneContext:
+    model: nn.Module        # trained dense (or already masked) weights, loaded
+    data: Any               # DataBundle
+    train: Any              # TrainConfig: optimiser settings for any training the method does
+    masks: MaskSet          # starting masks (all True for a dense model)
+    seed: int
+    progress: bool = True
+
+
+@dataclass
+class PruneResult:
+    masks: MaskSet
+    history: list[dict] = field(default_factory=list)  # per-epoch rows of any training
+    info: dict = field(default_factory=dict)           # method-specific facts worth recording
+
+
+class MethodParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DensityTarget(MethodParams):
+    """Exactly one of density (fraction kept) or sparsity (fraction removed), in (0, 1)."""
+
+    density: float | None = Field(None, gt=0, lt=1, description="fraction of weights KEPT")
+    sparsity: float | None = Field(None, gt=0, lt=1, description="fraction of weights REMOVED")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if self.density is not None and self.sparsity is not None \
+                and abs(self.density + self.sparsity - 1) > 1e-9:
+            raise ValueError(f"density={self.density} and sparsity={self.sparsity} disagree; "
+                             "give only one (density = 1 - sparsity)")
+        if self.density is None and self.sparsity is None:
+            self.density = self.default_density()
+        elif self.density is None:
+            self.density = 1 - self.sparsity
+        self.sparsity = None  # the resolved config records density only
+        return self
+
+    def default_density(self) -> float:
+        return 0.2

@@ -1,0 +1,76 @@
+"""Name -> factory registries for methods, models and datasets.
+
+Tests loop over these registries, so a method, model or dataset is tested the moment it is
+registered. Registration happens on import of the defining module; `_load()` imports the
+built-in packages once, lazily, so `compress --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from compress.errors import UserError
+
+_BUILTIN_MODULES = {
+    "method": "compress.methods",
+    "model": "compress.models",
+    "dataset": "compress.data",
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    obj: Any
+    params: type | None  # pydantic model of the entry's options (extra keys forbidden)
+    summary: str
+    defaults: dict = field(default_factory=dict)  # config overlay this entry runs best with
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+        self._loaded = False
+
+    def register(self, name: str, *, params: type | None = None, summary: str = "",
+                 defaults: dict | None = None) -> Callable:
+        def deco(obj):
+            if name in self._entries and self._entries[name].obj is not obj:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            doc = summary or (obj.__doc__ or "").strip().splitlines()[0:1]
+            text = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            self._entries[name] = Entry(name, obj, params, text, defaults or {})
+            return obj
+
+        return deco
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            importlib.import_module(_BUILTIN_MODULES[self.kind])
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Entry:
+        self._load()
+        if name not in self._entries:
+            valid = ", ".join(self.names())
+            raise UserError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}")
+        return self._entries[name]
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+
+METHODS = Registry("method")
+MODELS = Registry("model")
+DATASETS = Registry("dataset")
+
+register_method = METHODS.register
+register_model = MODELS.register
+register_dataset = DATASETS.register

@@ -1,0 +1,1 @@
+"""Stages: pretrain, prune, retrain, export. Each reads earlier outputs and writes a folder."""

@@ -1,0 +1,106 @@
+"""Export: the masked model, structurally shrunk, to ONNX; parity-gated; optionally registered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from compress.config import Config
+from compress.core.masking import apply_masks
+from compress.core.metrics import classification_metrics
+from compress.errors import UserError
+from compress.stages.artifacts import StageInfo
+from compress.stages.runner import StageEnv, Work, build, load_data, run_stage
+
+ONNX_FILE = "model.onnx"
+
+
+def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -> dict:
+    if not src.has("weights"):
+        raise UserError(f"{src.dir} ({src.stage}) has no weights to export")
+    if cfg.export.registry_name:
+        _check_model_name(cfg.export.registry_name)
+    data = load_data(cfg)
+    model = build(cfg, data)
+    model.load_state_dict(src.state("weights"))
+    masks = src.masks()
+    if masks is not None:
+        apply_masks(model, masks)
+    model.eval()
+    method = src.record.get("method")
+    record_holder: dict = {}
+
+    def body(tmp: Path) -> Work:
+        from compress.export.onnx import check_parity, export_onnx
+
+        deploy, spec = _deployable(cfg, model, masks)
+        meta = _metadata(src, spec, data)
+        export_onnx(deploy, data.test.x[:2], tmp / ONNX_FILE, metadata=meta, opset=cfg.export.opset)
+        err = check_parity(tmp / ONNX_FILE, model, data.test.x[:cfg.export.parity_samples],
+                           rtol=cfg.export.rtol)
+        (tmp / "structure.json").write_text(json.dumps(spec, indent=2, default=str))
+        metrics = {"parity_rel_error": err, "onnx_bytes": float((tmp / ONNX_FILE).stat().st_size),
+                   **{f"onnx_test_{k}": v for k, v in _onnx_metrics(tmp / ONNX_FILE, data).items()}}
+        record_holder["spec"] = spec
+        return Work({"onnx": ONNX_FILE, "structure": "structure.json"}, metrics,
+                    masks.density() if masks is not None else 1.0,
+                    extra={"structure": spec, "source_metrics": src.record["metrics"],
+                           "onnx_metadata": meta})
+
+    record = run_stage("export", cfg, env, body, src=src, out=out, method=method)
+    if cfg.export.registry_name:
+        record["registered"] = _register(cfg, env, src, record, data)
+    return record
+
+
+def _deployable(cfg: Config, model, masks):
+    """The shrunk module and its spec, or the masked model itself when shrinking is off."""
+    from compress.models.mlp import MLP
+    if cfg.export.shrink and isinstance(model, MLP):
+        from compress.core.structure import shrink_mlp
+        return shrink_mlp(model, masks)
+    if cfg.export.shrink:
+        raise UserError(f"structural shrink supports MLP models, not {type(model).__name__}; "
+                        "export with masks only: --set export.shrink=false")
+    return model, {"shrunk": False}
+
+
+def _metadata(src: StageInfo, spec: dict, data) -> dict[str, str]:
+    rec = src.record
+    return {
+        "compress.source_run": str(rec.get("run_id")), "compress.source_stage": rec["stage"],
+        "compress.method": str(rec.get("method")), "compress.density": f"{rec.get('density', 1.0):.6g}",
+        "compress.layer_density": json.dumps(rec.get("layer_density", {})),
+        "compress.kept_features": json.dumps(spec.get("kept_features", "all")),
+        "compress.dataset": data.name, "compress.input_width": str(int(data.test.x[0].numel())),
+    }
+
+
+def _onnx_metrics(path: Path, data) -> dict[str, float]:
+    """Test metrics computed by onnxruntime itself: what a deployment would score."""
+    from compress.export.onnx import ort_session
+    sess = ort_session(path)
+    name = sess.get_inputs()[0].name
+    logits = torch.from_numpy(sess.run(None, {name: data.test.x.numpy()})[0])
+    return {k: v for k, v in classification_metrics(logits, data.test.y).items() if k != "loss"}
+
+
+def _check_model_name(name: str) -> None:
+    import re
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        raise UserError(f"registered model name {name!r} is invalid: use letters, digits, "
+                        "'.', '_' or '-' (e.g. cpna-xor)")
+
+
+def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) -> dict:
+    m = record["source_metrics"]
+    tags = {"method": str(record.get("method")), "density": f"{record['density']:.6g}",
+            "dataset": data.name, "source_run": str(src.record.get("run_id")),
+            "export_run": str(record["run_id"]), "data_fingerprint": data.fingerprint()[:16],
+            **{f"metric.{k}": f"{v:.6g}" for k, v in m.items() if k.startswith("test_")}}
+    with env.tracker.run("register", tags={"compress.stage": "register"}, run_id=record["run_id"]):
+        return env.tracker.register_onnx(Path(record["out_dir"]) / ONNX_FILE, cfg.export.registry_name,
+                                         tags=tags, alias=cfg.export.alias,
+                                         input_example=data.test.x[:2].numpy())

@@ -1,0 +1,109 @@
+"""What every stage shares: building data and model, identity, the tracked atomic write."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from compress.config import Config
+from compress.core.loop import evaluate
+from compress.stages.artifacts import StageInfo, staging, write_record
+from compress.tracking.base import NullTracker, Tracker
+
+DEFAULT_ROOT = Path("runs")
+
+
+@dataclass
+class StageEnv:
+    """How stages run: where outputs go, which tracker, whether to draw progress bars."""
+
+    tracker: Tracker = field(default_factory=NullTracker)
+    root: Path = DEFAULT_ROOT
+    progress: bool = True
+
+
+@dataclass
+class Work:
+    """What a stage's body produced, to be recorded in stage.json and tracked."""
+
+    files: dict[str, str]
+    metrics: dict[str, float]
+    density: float = 1.0
+    history: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_data(name: str, opts_json: str):
+    from compress.data import load_dataset
+    return load_dataset(name, json.loads(opts_json))
+
+
+def load_data(cfg: Config):
+    name, opts = cfg.section("data")
+    return _cached_data(name, json.dumps(opts, sort_keys=True))
+
+
+def build(cfg: Config, data, seed_offset: int = 0) -> nn.Module:
+    """The configured model with a seeded initialisation."""
+    from compress.models import build_model
+    name, opts = cfg.section("model")
+    torch.manual_seed(cfg.seed + seed_offset)
+    return build_model(name, opts, data.in_shape, data.num_classes)
+
+
+def split_metrics(model: nn.Module, data) -> dict[str, float]:
+    out = {}
+    for split in ("val", "test"):
+        out.update({f"{split}_{k}": v for k, v in evaluate(model, getattr(data, split)).items()})
+    return out
+
+
+def stage_id(stage: str, cfg: Config, src: StageInfo | None) -> str:
+    return cfg.digest(stage, src.id if src else "")
+
+
+def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Work], *,
+              src: StageInfo | None = None, out: Path | None = None,
+              method: str | None = None) -> dict:
+    """Run `body` in a staging folder under a tracked run; record and log what it made."""
+    sid = stage_id(stage, cfg, src)
+    out_dir = Path(out) if out else env.root / f"{stage}-{(method + '-') if method else ''}{sid[:10]}"
+    tags = {"compress.stage": stage, "compress.id": sid, **({"compress.method": method} if method else {}),
+            **({"compress.source_run": src.record.get("run_id", "")} if src else {})}
+    with env.tracker.run(stage if not method else f"{stage}:{method}", tags=tags) as run_id:
+        with staging(out_dir) as tmp:
+            work = body(tmp)
+            record = {
+                "stage": stage, "id": sid, "run_id": run_id, "method": method,
+                "config": cfg.dump(), "metrics": work.metrics, "density": work.density,
+                "files": work.files, "source": _source(src), "out_dir": str(out_dir),
+                "tracking": env.tracker.describe(), **work.extra,
+            }
+            if work.history:
+                (tmp / "history.json").write_text(json.dumps(work.history))
+            write_record(tmp, record)
+        _track(env.tracker, cfg, work, out_dir)
+    return record
+
+
+def _source(src: StageInfo | None) -> dict | None:
+    if src is None:
+        return None
+    return {"dir": str(src.dir), "id": src.id, "run_id": src.record.get("run_id"),
+            "stage": src.stage, "method": src.record.get("method")}
+
+
+def _track(tracker: Tracker, cfg: Config, work: Work, out_dir: Path) -> None:
+    tracker.log_params(cfg.dump())
+    if work.history:
+        tracker.log_history(work.history, step_key="epoch")
+    tracker.log_metrics({**work.metrics, "density": work.density})
+    tracker.set_tags({"compress.out_dir": str(out_dir.resolve())})
+    tracker.log_artifacts(out_dir, "stage")

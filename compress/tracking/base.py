@@ -1,0 +1,74 @@
+"""The tracking interface every stage uses, and a no-op implementation."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from compress.errors import UserError
+
+
+class Tracker(Protocol):
+    def run(self, name: str, tags: dict[str, str] | None = None,
+            run_id: str | None = None) -> contextlib.AbstractContextManager[str]:
+        """Start (or resume, with run_id) a run; nested under the active run if there is one.
+
+        Yields the run id. A run that exits with an exception is marked FAILED.
+        """
+
+    def log_params(self, params: dict) -> None:
+        """Log a (nested) dict as flattened params `a.b.c`."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def log_history(self, rows: list[dict[str, float]], step_key: str = "epoch") -> None:
+        """Per-step metric rows in one batched call (not one call per value)."""
+
+    def log_artifacts(self, directory: Path, artifact_path: str | None = None) -> None: ...
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+    def register_onnx(self, onnx_path: Path, name: str, *, tags: dict[str, str],
+                      alias: str, input_example=None) -> dict:
+        """Log the ONNX model with mlflow.onnx, register a version, tag it, set the alias."""
+
+    def fetch_run(self, run_id: str, dest: Path) -> Path:
+        """Local folder of a run's stage artifacts (downloaded if not present locally)."""
+
+    def describe(self) -> str:
+        """Where runs go, for the summary line (e.g. the tracking URI)."""
+
+
+class NullTracker:
+    """Tracking off: runs get local ids, nothing is logged."""
+
+    @contextlib.contextmanager
+    def run(self, name: str, tags=None, run_id=None) -> Iterator[str]:
+        yield run_id or f"local-{uuid.uuid4().hex[:12]}"
+
+    def log_params(self, params: dict) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def log_history(self, rows, step_key="epoch") -> None:
+        pass
+
+    def log_artifacts(self, directory, artifact_path=None) -> None:
+        pass
+
+    def set_tags(self, tags) -> None:
+        pass
+
+    def register_onnx(self, onnx_path, name, *, tags, alias, input_example=None) -> dict:
+        raise UserError("--register needs tracking; drop --no-track")
+
+    def fetch_run(self, run_id: str, dest: Path) -> Path:
+        raise UserError(f"{run_id!r} is not a stage folder, and tracking is off so it cannot "
+                        "be looked up as an MLflow run id")
+
+    def describe(self) -> str:
+        return "tracking off"
