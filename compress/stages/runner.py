@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -79,12 +80,14 @@ def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Wor
             **({"compress.source_run": src.record.get("run_id", "")} if src else {})}
     with env.tracker.run(stage if not method else f"{stage}:{method}", tags=tags) as run_id:
         with staging(out_dir) as tmp:
+            started = time.perf_counter()
             work = body(tmp)
             record = {
                 "stage": stage, "id": sid, "run_id": run_id, "method": method,
                 "config": cfg.dump(), "metrics": work.metrics, "density": work.density,
                 "files": work.files, "source": _source(src), "out_dir": str(out_dir),
                 "tracking": env.tracker.describe(), **work.extra,
+                "seconds": round(time.perf_counter() - started, 3),
             }
             if work.history:
                 (tmp / "history.json").write_text(json.dumps(work.history))

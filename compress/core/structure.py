@@ -1,0 +1,295 @@
+"""Structural shrink: turn a masked MLP into a physically smaller MLP computing the same function.
+
+Pruning leaves zeros in dense matrices; here whole hidden units and input features that no
+longer matter are cut out, so the exported network is smaller and faster, not just sparse.
+
+A hidden unit goes when
+  * its outgoing column in the next layer is all zero (nothing reads it), or
+  * its incoming row is all zero: it outputs the constant relu(b_j), which is folded into the
+    next layer's bias (b_next += W_next[:, j] * relu(b_j)).
+Each removal can starve a neighbouring layer, so both rules run to a fixed point. Input features
+nothing reads are dropped by an index_select in the shrunk module's forward (a Gather in ONNX).
+A weight counts as pruned when its mask is False or, without masks, when it is exactly 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from compress.errors import UserError
+from compress.models.mlp import MLP
+
+SHRINK_HINT = "export with masks only (--set export.shrink=false)"
+
+
+@dataclass
+class _Plan:
+    """Result of the fixed-point analysis: what survives, and the float64 weights to build from."""
+
+    weights: list[torch.Tensor]  # float64, masked, removed rows/columns zeroed
+    biases: list[torch.Tensor]  # float64, with constant units folded in
+    has_bias: list[bool]
+    input_kept: list[int]
+    hidden_kept: list[list[int]]
+    folded: int  # constant-output units folded into the next bias
+    kept_connections: int  # weights the masks keep (or non-zero weights without masks)
+    total_connections: int
+
+
+class ShrunkMLP(nn.Module):
+    """MLP over a subset of the flattened input features; same layout (`self.layers`) as MLP."""
+
+    def __init__(self, in_features: int, input_index: torch.Tensor | None, layers: list[nn.Linear]):
+        super().__init__()
+        self.in_features = in_features
+        self.layers = nn.ModuleList(layers)
+        # Buffer (not a constant) so it moves with .to() and exports as an initializer + Gather.
+        if input_index is not None:
+            self.register_buffer("input_index", input_index)
+        else:
+            self.input_index = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        if self.input_index is not None:
+            x = x.index_select(1, self.input_index)
+        for layer in self.layers[:-1]:
+            x = torch.relu(layer(x))
+        return self.layers[-1](x)
+
+
+def _check_mlp(model: nn.Module) -> list[nn.Linear]:
+    """The model's Linear layers, or a UserError naming what the shrink cannot handle."""
+    if not isinstance(model, MLP) or type(model).forward is not MLP.forward:
+        raise UserError(
+            f"structural shrink supports the 'mlp' model only, got {type(model).__name__}; "
+            f"{SHRINK_HINT}"
+        )
+    for name, mod in model.named_modules():
+        if mod is model or mod is model.layers or isinstance(mod, nn.Linear):
+            continue
+        raise UserError(
+            f"cannot shrink layer {name!r} ({type(mod).__name__}): only Linear+ReLU MLPs can be "
+            f"shrunk; {SHRINK_HINT}"
+        )
+    return list(model.layers)
+
+
+@torch.no_grad()
+def _effective(layers: list[nn.Linear], masks: Mapping[str, torch.Tensor] | None
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """Masked float64 weights, float64 biases (zeros when absent) and the kept-connection count."""
+    masks = dict(masks or {})
+    names = {f"layers.{i}.weight" for i in range(len(layers))}
+    unknown = sorted(set(masks) - names)
+    if unknown:
+        raise UserError(f"masks name parameters the MLP does not have: {unknown}")
+    weights, biases, kept = [], [], 0
+    for i, layer in enumerate(layers):
+        w = layer.weight.detach().cpu().to(torch.float64)
+        mask = masks.get(f"layers.{i}.weight")
+        if mask is not None:
+            mask = mask.detach().cpu().to(torch.bool)
+            if mask.shape != w.shape:
+                raise UserError(f"mask for layers.{i}.weight has shape {tuple(mask.shape)}, "
+                                f"weight has {tuple(w.shape)}")
+            # A mask counts what was kept; the masked product is what the net computes.
+            kept += int(mask.sum())
+            w = w * mask
+        else:
+            kept += int((w != 0).sum())
+        b = layer.bias
+        b = b.detach().cpu().to(torch.float64) if b is not None else torch.zeros(w.shape[0],
+                                                                               dtype=torch.float64)
+        weights.append(w.clone())
+        biases.append(b.clone())
+    return weights, biases, kept
+
+
+def _fold_constant_units(w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor,
+                         b_out: torch.Tensor, alive: torch.Tensor) -> int:
+    """Fold alive units with an all-zero incoming row into the next bias; returns how many."""
+    const = alive & ~(w_in != 0).any(dim=1)
+    n = int(const.sum())
+    if n:
+        # relu(b_j) is what such a unit always outputs; float64 matmul keeps the fold exact.
+        b_out += w_out[:, const] @ torch.relu(b_in[const])
+        w_out[:, const] = 0
+        b_in[const] = 0
+        alive &= ~const
+    return n
+
+
+def _drop_unread_units(w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor,
+                       alive: torch.Tensor) -> int:
+    """Remove alive units whose outgoing column is all zero; returns how many."""
+    dead = alive & ~(w_out != 0).any(dim=0)
+    n = int(dead.sum())
+    if n:
+        # Zeroing the row may turn inputs of this layer unread: the next sweep sees it.
+        w_in[dead] = 0
+        b_in[dead] = 0
+        alive &= ~dead
+    return n
+
+
+def _plan(model: MLP, masks: Mapping[str, torch.Tensor] | None) -> _Plan:
+    layers = _check_mlp(model)
+    weights, biases, kept = _effective(layers, masks)
+    alive = [torch.ones(w.shape[0], dtype=torch.bool) for w in weights[:-1]]
+    folded = 0
+    # Every removal only zeroes entries, so the sweep terminates; repeat until nothing changes.
+    changed = True
+    while changed:
+        changed = False
+        for h in range(len(alive)):
+            n_const = _fold_constant_units(weights[h], biases[h], weights[h + 1], biases[h + 1],
+                                           alive[h])
+            n_dead = _drop_unread_units(weights[h], biases[h], weights[h + 1], alive[h])
+            folded += n_const
+            changed |= bool(n_const or n_dead)
+    input_alive = (weights[0] != 0).any(dim=0)
+    return _Plan(
+        weights=weights,
+        biases=biases,
+        has_bias=[layer.bias is not None for layer in layers],
+        input_kept=_indices(input_alive),
+        hidden_kept=[_indices(a) for a in alive],
+        folded=folded,
+        kept_connections=kept,
+        total_connections=sum(w.numel() for w in weights),
+    )
+
+
+def _indices(alive: torch.Tensor) -> list[int]:
+    return [int(i) for i in torch.nonzero(alive).flatten()]
+
+
+def _physical(kept: list[int]) -> list[int]:
+    # Empty layer -> one placeholder unit (index 0, all-zero weights and bias): zero-width Linear is
+    # not portable across ONNX runtimes, and a zero unit contributes exactly relu(0) * 0 = 0.
+    return kept if kept else [0]
+
+
+def _build_layers(plan: _Plan, dtype: torch.dtype) -> list[nn.Linear]:
+    """Slice the surviving rows/columns out of the planned weights into new Linear layers."""
+    n_layers = len(plan.weights)
+    out_rows = [_physical(k) for k in plan.hidden_kept] + [list(range(plan.weights[-1].shape[0]))]
+    in_cols = [_physical(plan.input_kept)] + [_physical(k) for k in plan.hidden_kept]
+    layers = []
+    for i in range(n_layers):
+        rows, cols = torch.tensor(out_rows[i]), torch.tensor(in_cols[i])
+        w = plan.weights[i].index_select(0, rows).index_select(1, cols)
+        b = plan.biases[i].index_select(0, rows)
+        # A bias-free layer only gains a bias if folding put something non-zero there.
+        use_bias = plan.has_bias[i] or bool((b != 0).any())
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=use_bias, dtype=dtype)
+        with torch.no_grad():
+            lin.weight.copy_(w.to(dtype))
+            if use_bias:
+                lin.bias.copy_(b.to(dtype))
+        layers.append(lin)
+    return layers
+
+
+def _module_params(layers: list[nn.Linear]) -> int:
+    return sum(p.numel() for layer in layers for p in layer.parameters())
+
+
+def _report(model: MLP, plan: _Plan, shrunk_layers: list[nn.Linear]) -> dict:
+    """Counts shared by structure_report and the shrink spec (JSON-serialisable ints only)."""
+    dense = list(model.layers)
+    hidden_total = [layer.out_features for layer in dense[:-1]]
+    hidden_kept = [len(k) for k in plan.hidden_kept]
+    live = sum(int((layer.weight != 0).sum()) for layer in shrunk_layers)
+    return {
+        "connections": {
+            "kept": plan.kept_connections,
+            "total": plan.total_connections,
+            "live": live,  # non-zero weights that still reach the output after the shrink
+        },
+        "hidden_units": {
+            "kept": sum(hidden_kept),
+            "total": sum(hidden_total),
+            "per_layer_kept": hidden_kept,
+            "per_layer_total": hidden_total,
+        },
+        "input_features": {"kept": len(plan.input_kept), "total": dense[0].in_features},
+        "folded_constant_units": plan.folded,
+        "params": {"dense": _module_params(dense), "shrunk": _module_params(shrunk_layers)},
+        "macs": {
+            "dense": sum(layer.in_features * layer.out_features for layer in dense),
+            "shrunk": sum(layer.in_features * layer.out_features for layer in shrunk_layers),
+        },
+    }
+
+
+def shrink_mlp(model: MLP, masks: Mapping[str, torch.Tensor] | None = None
+               ) -> tuple[nn.Module, dict]:
+    """A smaller module computing exactly the masked `model`'s function, and its spec.
+
+    The spec holds the structure_report counts plus `input_kept` / `hidden_kept` (indices into
+    the original layers) and `widths` (dense and physical shrunk widths, input to output).
+    """
+    plan = _plan(model, masks)
+    ref = model.layers[0].weight
+    layers = _build_layers(plan, ref.dtype)
+    in_features = model.layers[0].in_features
+    index = None
+    if len(plan.input_kept) != in_features:
+        index = torch.tensor(_physical(plan.input_kept), dtype=torch.long)
+    shrunk = ShrunkMLP(in_features, index, layers).to(ref.device).eval()
+    spec = {
+        "kind": "mlp",
+        "in_features": in_features,
+        "out_features": model.layers[-1].out_features,
+        "input_kept": plan.input_kept,
+        "hidden_kept": plan.hidden_kept,
+        "widths": {
+            "dense": [in_features] + [layer.out_features for layer in model.layers],
+            "shrunk": [layers[0].in_features] + [layer.out_features for layer in layers],
+        },
+        **_report(model, plan, layers),
+    }
+    return shrunk, spec
+
+
+def structure_report(model: MLP, masks: Mapping[str, torch.Tensor] | None = None) -> dict:
+    """Connections, hidden units, input features, params and MACs: dense vs after the shrink."""
+    plan = _plan(model, masks)
+    return _report(model, plan, _build_layers(plan, torch.float32))
+
+
+def count_macs(module: nn.Module, example_input: torch.Tensor) -> int:
+    """Multiply-adds per sample of the Linear and Conv layers `module` runs on `example_input`."""
+    total = 0
+
+    def hook(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(mod, nn.Linear):
+            # Every output element is one dot product of length in_features.
+            total += out.numel() * mod.in_features
+        else:
+            total += out.numel() * (mod.in_channels // mod.groups) * _prod(mod.kernel_size)
+
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, kinds)]
+    try:
+        with torch.no_grad():
+            module(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    batch = example_input.shape[0] if example_input.dim() > 0 else 1
+    return total // max(batch, 1)
+
+
+def _prod(values: tuple[int, ...]) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out

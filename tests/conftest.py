@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny configs that train in well under a second."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+TINY = {
+    "data": {"name": "xor", "k": 2, "p": 6, "n_train": 256, "n_val": 128, "n_test": 128},
+    "model": {"name": "mlp", "hidden": [16]},
+    "train": {"duration": "3ep", "batch_size": 64},
+}
+
+
+@pytest.fixture
+def tiny_layers() -> dict:
+    import copy
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def local_store(tmp_path, monkeypatch):
+    """Run in a fresh folder with MLflow's local store (no server)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path

@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from compress.data import load_dataset
+from compress.errors import UserError
+from compress.models import build_model
+from compress.registry import DATASETS, MODELS
+
+SMALL = {"xor": {"k": 2, "p": 5, "n_train": 100, "n_val": 50, "n_test": 50}, "digits": {}}
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_every_dataset_is_deterministic_and_well_formed(name):
+    a, b = load_dataset(name, SMALL.get(name, {})), load_dataset(name, SMALL.get(name, {}))
+    assert a.fingerprint() == b.fingerprint()
+    for split in (a.train, a.val, a.test):
+        assert split.x.dtype == torch.float32 and split.y.dtype == torch.long
+        assert split.x.shape[1:] == a.in_shape and len(split) > 0
+        assert int(split.y.min()) >= 0 and int(split.y.max()) < a.num_classes
+    assert len(a.train) + len(a.val) + len(a.test) <= 1797 or name != "digits"
+
+
+def test_xor_labels_are_the_parity_of_the_first_k():
+    d = load_dataset("xor", {"k": 3, "p": 8, "n_train": 500, "n_val": 10, "n_test": 10})
+    x, y = d.train.x, d.train.y
+    assert x.min() >= -1 and x.max() <= 1
+    assert torch.equal(y, (x[:, :3].prod(1) > 0).long())
+    other = load_dataset("xor", {"k": 3, "p": 8, "n_train": 500, "n_val": 10, "n_test": 10, "seed": 1})
+    assert other.fingerprint() != d.fingerprint()
+
+
+def test_digits_is_standardised_on_train():
+    d = load_dataset("digits", {})
+    assert d.num_classes == 10 and d.in_shape == (64,)
+    assert d.train.x.mean().abs() < 0.05
+
+
+def test_too_many_samples_is_a_user_error():
+    from compress.config import resolve
+    with pytest.raises(UserError, match="cannot exceed"):
+        resolve({"data": {"name": "xor", "k": 9, "p": 3}})
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_builds_and_runs(name):
+    for classes, width in ((2, 1), (10, 10)):
+        m = build_model(name, {}, (12,), classes)
+        assert m(torch.randn(5, 12)).shape == (5, width)
