@@ -1,0 +1,151 @@
+"""The CLI end to end with tracking off: stages chained through folders, JSON, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import (TINY_CPNA, TINY_SETS, assert_user_error, compress, compress_json,
+                               compress_subprocess, sets)
+
+
+def test_help_does_not_import_heavy_modules():
+    code = ("import sys, compress.cli; heavy = [m for m in ('torch', 'mlflow', 'onnx', 'onnxruntime')"
+            " if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_methods_lists_every_registered_method(tmp_path):
+    from compress.registry import METHODS
+    r = compress("methods", cwd=tmp_path)
+    assert r.returncode == 0
+    for name in METHODS.names():
+        assert any(line.startswith(name + " ") for line in r.stdout.splitlines())
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """pretrain -> prune (from folder) -> retrain x3 -> export, all with --no-track."""
+    root = tmp_path_factory.mktemp("chain")
+    common = [*sets(*TINY_SETS), "--no-track", "--seed", "5"]
+    pre = compress_json("pretrain", *common, "--out", "pre", cwd=root)
+    pruned = compress_json("prune", "--method", "cpna", "--from", "pre", "--out", "pr",
+                           *common, *sets(*TINY_CPNA), cwd=root)
+    return root, common, pre, pruned
+
+
+def test_json_summary_has_the_promised_keys(chain):
+    root, _, pre, pruned = chain
+    for out in (pre, pruned):
+        assert {"run_id", "stage", "method", "metrics", "density", "artifacts"} <= set(out)
+    assert pre["stage"] == "pretrain" and pre["density"] == 1.0
+    assert pruned["stage"] == "prune" and pruned["method"] == "cpna"
+    assert 0 < pruned["density"] < 0.5
+    assert Path(pruned["artifacts"]["onnx"]).is_file()
+    assert Path(pruned["artifacts"]["masks"]).is_file()
+    assert pruned["structure"]["hidden_units"]["kept"] <= 8
+    assert "test_auc" in pruned["metrics"] and "test_accuracy" in pruned["metrics"]
+    assert pruned["dense_metrics"] == pre["metrics"]
+
+
+@pytest.mark.parametrize("mode", ["finetune", "rewind", "reinit"])
+def test_retrain_modes_keep_the_mask(chain, mode):
+    root, common, _, pruned = chain
+    out = compress_json("retrain", "--from", pruned["artifacts"]["prune_dir"], "--mode", mode,
+                        "--out", f"re-{mode}", *common, cwd=root)
+    assert out["stage"] == "retrain" and out["mode"] == mode
+    assert out["density"] == pytest.approx(pruned["density"])
+    masks = json.loads((Path(out["artifacts"]["dir"]) / "masks.json").read_text())
+    src = json.loads((Path(pruned["artifacts"]["prune_dir"]) / "masks.json").read_text())
+    assert masks["kept"] == src["kept"]
+
+
+def test_export_from_a_folder_and_same_seed_same_result(chain):
+    root, common, _, pruned = chain
+    a = compress_json("export", "--from", pruned["artifacts"]["prune_dir"], "--out", "ex",
+                      *common, cwd=root)
+    assert a["metrics"]["parity_rel_error"] <= 1e-5
+    again = compress_json("prune", "--method", "cpna", "--from", "pre", "--out", "pr2",
+                          *common, *sets(*TINY_CPNA), cwd=root)
+    assert again["metrics"] == pruned["metrics"]
+    m1 = (Path(pruned["artifacts"]["prune_dir"]) / "masks.safetensors").read_bytes()
+    m2 = (Path(again["artifacts"]["prune_dir"]) / "masks.safetensors").read_bytes()
+    assert m1 == m2
+
+
+def test_prune_without_from_pretrains_and_prints_a_table(tmp_path):
+    r = compress_subprocess("prune", "--method", "cpna", *sets(*TINY_SETS, *TINY_CPNA),
+                            "--no-track", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for words in ("test auc", "connections kept", "hidden units kept", "input features kept",
+                  "ONNX", "run id"):
+        assert words in r.stdout
+    assert list(tmp_path.glob("runs/prune-cpna/export/model.onnx"))
+
+
+def test_pipeline_file_runs_every_stage(tmp_path):
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        "name: tiny\nconfig:\n  data: {name: xor, k: 2, p: 6, n_train: 256, n_val: 64, n_test: 64}\n"
+        "  model: {name: mlp, hidden: [16]}\n  train: {duration: 2ep, batch_size: 64}\n"
+        "stages:\n  - {id: dense, stage: pretrain}\n"
+        "  - {id: mag, stage: prune, from: dense, set: {method: {name: magnitude, density: 0.3, finetune: 1ep}}}\n"
+        "  - {id: ctl, stage: retrain, from: mag, set: {retrain: {mode: reinit}}}\n"
+        "  - {id: onnx, stage: export, from: mag}\n")
+    out = compress_json("pipeline", "run", str(spec), "--no-track", "--out", "o", cwd=tmp_path)
+    assert set(out["stages"]) == {"dense", "mag", "ctl", "onnx"}
+    assert out["stages"]["mag"]["density"] == pytest.approx(0.3, abs=0.01)
+    assert (tmp_path / "o" / "onnx" / "model.onnx").is_file()
+
+
+# ------------------------------------------------------------------ bad input
+BAD = [
+    (["prune", "--method", "nope"], ["unknown method 'nope'", "cpna"]),
+    (["prune", "--method", "magnitude", "--set", "method.density=1.5"], ["method.density"]),
+    (["prune", "--method", "magnitude", "--set", "method.sparsity=0"], ["method.sparsity"]),
+    (["pretrain", "--set", "data.k=9", "--set", "data.p=4"], ["k=9", "p=4"]),
+    (["pretrain", "--set", "train.lrr=1"], ["train.lrr", "unknown key"]),
+    (["pretrain", "--set", "nokey"], ["key=value"]),
+    (["pretrain", "--config", "missing.yaml"], ["missing.yaml", "does not exist"]),
+    (["pretrain", "--config", "bad.yaml"], ["not valid YAML"]),
+    (["retrain", "--from", "no/such/dir"], ["does not exist"]),
+    (["retrain"], ["--from"]),
+    (["export", "--from", "notastage"], []),
+    (["pipeline", "run", "bad-pipe.yaml"], ["bad-pipe.yaml", "earlier stage"]),
+    (["export", "--from", "pre", "--register", "bad name!"], ["registered model name"]),
+    (["prune", "--method", "cpna", "--set", "model.name=nomodel"], ["unknown model 'nomodel'"]),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD, ids=[" ".join(a[:3]) for a, _ in BAD])
+def test_bad_input_is_one_line_and_exit_2(chain, args, words):
+    root = chain[0]
+    (root / "bad.yaml").write_text("train: {lr: [1, 2\n")
+    (root / "bad-pipe.yaml").write_text("name: x\nstages:\n  - {id: a, stage: prune, from: b}\n")
+    before = sorted(p.name for p in root.rglob("*"))
+    r = compress(*args, "--no-track", cwd=root)
+    assert_user_error(r, *words)
+    assert sorted(p.name for p in root.rglob("*")) == before, "bad input left files behind"
+
+
+@pytest.mark.parametrize("args, words", [BAD[0], BAD[6]], ids=["method", "config"])
+def test_bad_input_in_a_real_process(tmp_path, args, words):
+    r = compress_subprocess(*args, "--no-track", cwd=tmp_path)
+    assert_user_error(r, *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupted_mask_file_is_refused(chain, tmp_path):
+    import shutil
+    root, common, _, pruned = chain
+    copy = tmp_path / "pr"
+    shutil.copytree(pruned["artifacts"]["prune_dir"], copy)
+    f = copy / "masks.safetensors"
+    raw = f.read_bytes()
+    f.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+    r = compress("retrain", "--from", str(copy), *common, cwd=root)
+    assert_user_error(r, "sha256")
+    assert not list(root.glob("runs/retrain-*"))
