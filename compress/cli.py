@@ -14,9 +14,11 @@ import typer
 
 from compress.errors import GateFailed, UserError
 
+# Plain click help: rich-formatted help costs ~150 ms of imports on every `--help`.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Find sparse sub-networks, track them in MLflow, ship them as ONNX.")
-pipeline_app = typer.Typer(no_args_is_help=True, help="Run staged pipelines from YAML.")
+pipeline_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Run staged pipelines from YAML.")
 app.add_typer(pipeline_app, name="pipeline")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
@@ -42,11 +44,11 @@ class Invocation:
             self.layers.append(extra)
         self.seed, self.out, self.as_json, self.track = seed, out, as_json, track
 
-    def env(self):
+    def env(self, base: list[dict] | None = None):
         from compress.config import resolve
         from compress.stages.runner import StageEnv
         from compress.tracking import make_tracker
-        probe = resolve(*self.layers, seed=self.seed)
+        probe = resolve(*(base or []), *self.layers, seed=self.seed)
         enabled = self.track and probe.tracking.enabled
         tracker = make_tracker(enabled, probe.tracking.experiment)
         return StageEnv(tracker=tracker, progress=not self.as_json)
@@ -89,40 +91,29 @@ def prune(method: Annotated[str, typer.Option("--method", "-m", help="A register
           seed: SeedOpt = None, out: OutOpt = None, as_json: JsonOpt = False,
           track: TrackOpt = True,
           export: Annotated[bool, typer.Option("--export/--no-export",
-                                               help="Export the pruned model to ONNX.")] = True) -> None:
+                                               help="Export the pruned model to ONNX.")] = True,
+          register: Annotated[Optional[str], typer.Option(
+              help="Register the exported ONNX model under this name.")] = None) -> None:
     """Prune with a method. Without --from, pretrains first; exports the winner to ONNX."""
     from compress.registry import METHODS
     METHODS.get(method)  # unknown names fail here, listing the valid ones
-    inv = Invocation(config, set_, seed, out, as_json, track, extra={"method": {"name": method}})
-    if source:
-        from compress.stages.pipeline import run_one
-        env = inv.env()
-        src = inv.source(source, env)
-        cfg = inv.config(src)
-        with env.tracker.run(f"prune:{method}", tags={"compress.pipeline": "prune"}) as parent:
-            pruned = run_one("prune", cfg, env, src, inv.out / "prune" if inv.out else None)
-            stages = {"prune": pruned}
-            if export:
-                stages["export"] = run_one("export", cfg, env, _info(pruned),
-                                           inv.out / "export" if inv.out else None)
-        return _emit_chain({"run_id": parent, "stages": stages}, inv.as_json, main="prune")
-    _chain(inv, method, export)
-
-
-def _chain(inv: Invocation, method: str, export: bool) -> None:
-    from compress.stages.pipeline import PipelineSpec, run_pipeline
-    stages = [{"id": "pretrain", "stage": "pretrain"},
-              {"id": "prune", "stage": "prune", "from": "pretrain"}]
+    extra = {"method": {"name": method}, **({"export": {"registry_name": register}} if register else {})}
+    inv = Invocation(config, set_, seed, out, as_json, track, extra=extra)
+    stages = [{"id": "prune", "stage": "prune", "from": "source" if source else "pretrain"}]
+    if not source:
+        stages.insert(0, {"id": "pretrain", "stage": "pretrain"})
     if export:
         stages.append({"id": "export", "stage": "export", "from": "prune"})
-    spec = PipelineSpec(name=f"prune-{method}", stages=stages)
-    result = run_pipeline(spec, inv.env(), inv.layers, inv.seed, inv.out)
-    _emit_chain(result, inv.as_json, main="prune")
+    _run_spec({"name": f"prune-{method}", "stages": stages,
+               "sources": {"source": source} if source else {}}, inv, main="prune")
 
 
-def _info(record: dict):
-    from compress.stages.artifacts import StageInfo
-    return StageInfo(Path(record["out_dir"]), record)
+def _run_spec(spec: dict, inv: Invocation, main: str | None) -> None:
+    from compress.stages.pipeline import PipelineSpec, run_pipeline
+    env = inv.env(base=[spec.get("config", {})])
+    result = run_pipeline(PipelineSpec(**spec), env, inv.layers, inv.seed, inv.out,
+                          resolve_source=lambda ref: inv.source(ref, env))
+    _emit_chain(result, inv.as_json, main=main)
 
 
 @app.command()
@@ -152,15 +143,13 @@ def export_cmd(source: FromOpt = None,
 
 @pipeline_app.command("run")
 def pipeline_run(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
-                 set_: SetOpt = None, seed: SeedOpt = None, out: OutOpt = None,
-                 as_json: JsonOpt = False, track: TrackOpt = True) -> None:
+                 config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
+                 out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True) -> None:
     """Run every stage of a pipeline file under one parent MLflow run."""
-    from compress.stages.pipeline import load_pipeline, run_pipeline
+    from compress.stages.pipeline import load_pipeline
     spec = load_pipeline(file)
-    inv = Invocation(None, set_, seed, out, as_json, track)
-    inv.layers = [spec.config, *inv.layers]
-    result = run_pipeline(spec, inv.env(), inv.layers[1:], seed, out)
-    _emit_chain(result, as_json, main=None)
+    inv = Invocation(config, set_, seed, out, as_json, track)
+    _run_spec(spec.model_dump(by_alias=True), inv, main=None)
 
 
 @app.command()

@@ -7,6 +7,10 @@ A pipeline file:
       - {id: dense, stage: pretrain}
       - {id: cpna, stage: prune, from: dense, set: {method: {name: cpna}}}
       - {id: export, stage: export, from: cpna}
+A pipeline may also start from finished stages: `sources: {dense: runs/pretrain-ab12}` (a stage
+folder or an MLflow run id) lets stages say `from: dense` without running it again.
+A stage's config is its source's resolved config, then the pipeline's `config`, its own `set`,
+and the command line's --config/--set/--seed, so data and model follow the source.
 """
 
 from __future__ import annotations
@@ -42,11 +46,12 @@ class PipelineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     config: dict[str, Any] = Field(default_factory=dict)
+    sources: dict[str, str] = Field(default_factory=dict, description="id -> folder or run id")
     stages: list[StageSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _wiring(self):
-        seen: set[str] = set()
+        seen: set[str] = set(self.sources)
         for s in self.stages:
             if s.id in seen:
                 raise ValueError(f"stage id {s.id!r} is used twice")
@@ -65,15 +70,23 @@ def load_pipeline(path: Path) -> PipelineSpec:
 
 
 def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: int | None,
-                 out: Path | None = None) -> dict:
-    """Run every stage in order; returns {"run_id", "stages": {id: record}}."""
+                 out: Path | None = None, resolve_source=None) -> dict:
+    """Run every stage in order; returns {"run_id", "stages": {id: record}}.
+
+    `resolve_source(ref) -> StageInfo` turns a `sources` entry into a stage (folder or run id).
+    """
     root = Path(out) if out else env.root / spec.name
-    configs = {s.id: resolve(spec.config, s.set, *layers, seed=seed) for s in spec.stages}
+    for s in spec.stages:  # every stage's config is checked before anything runs
+        resolve(spec.config, s.set, *layers, seed=seed)
+    infos = {sid: resolve_source(ref) for sid, ref in spec.sources.items()} if spec.sources else {}
     records: dict[str, dict] = {}
     with env.tracker.run(spec.name, tags={"compress.pipeline": spec.name}) as parent:
         for s in spec.stages:
-            src = StageInfo(Path(records[s.from_]["out_dir"]), records[s.from_]) if s.from_ else None
-            records[s.id] = run_one(s.stage, configs[s.id], env, src, root / s.id)
+            src = infos.get(s.from_) if s.from_ else None
+            base = [src.record["config"]] if src else []
+            cfg = resolve(*base, spec.config, s.set, *layers, seed=seed)
+            records[s.id] = run_one(s.stage, cfg, env, src, root / s.id)
+            infos[s.id] = StageInfo(Path(records[s.id]["out_dir"]), records[s.id])
     return {"run_id": parent, "pipeline": spec.name, "stages": records}
 
 

@@ -101,6 +101,19 @@ def test_pipeline_file_runs_every_stage(tmp_path):
     assert (tmp_path / "o" / "onnx" / "model.onnx").is_file()
 
 
+def test_pipeline_can_start_from_an_existing_stage(chain):
+    root, common, pre, _ = chain
+    spec = root / "from-existing.yaml"
+    spec.write_text(f"name: reuse\nsources: {{dense: {pre['artifacts']['dir']}}}\nstages:\n"
+                    "  - {id: rnd, stage: prune, from: dense, set: {method: {name: random, density: 0.2}}}\n")
+    out = compress_json("pipeline", "run", str(spec), "--no-track", cwd=root)
+    rnd = out["stages"]["rnd"]
+    assert rnd["density"] == pytest.approx(0.2, abs=0.01)
+    assert list(out["stages"]) == ["rnd"]  # the source was reused, not re-run
+    cfg = json.loads((Path(rnd["artifacts"]["dir"]) / "stage.json").read_text())["config"]
+    assert cfg["data"]["p"] == 6 and cfg["model"]["hidden"] == [16]  # inherited from the source
+
+
 # ------------------------------------------------------------------ bad input
 BAD = [
     (["prune", "--method", "nope"], ["unknown method 'nope'", "cpna"]),
