@@ -107,6 +107,7 @@ def _track(tracker: Tracker, cfg: Config, work: Work, out_dir: Path) -> None:
     tracker.log_params(cfg.dump())
     if work.history:
         tracker.log_history(work.history, step_key="epoch")
-    tracker.log_metrics({**work.metrics, "density": work.density})
+    # Final metrics follow the per-epoch history (steps 0..n-1) at step n.
+    tracker.log_metrics({**work.metrics, "density": work.density}, step=len(work.history))
     tracker.set_tags({"compress.out_dir": str(out_dir.resolve())})
     tracker.log_artifacts(out_dir, "stage")
