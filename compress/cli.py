@@ -12,7 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from compress.errors import GateFailed, UserError
+import contextlib
+
+from compress.errors import GateFailed, Interrupted, UserError
 
 # Plain click help: rich-formatted help costs ~150 ms of imports on every `--help`.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -69,11 +71,22 @@ class Invocation:
         return resolve(*base, *self.layers, seed=self.seed)
 
 
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C inside a stage becomes a clean exit 130 (click would print 'Aborted!', exit 1)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: the unfinished stage's outputs were discarded; "
+                          "finished stages are kept") from None
+
+
 def _single(stage: str, inv: Invocation, src_ref: str | None) -> None:
     from compress.stages.pipeline import run_one
     env = inv.env()
     src = inv.source(src_ref, env) if src_ref else None
-    record = run_one(stage, inv.config(src), env, src, inv.out)
+    with _interruptible():
+        record = run_one(stage, inv.config(src), env, src, inv.out)
     _emit(record, inv.as_json)
 
 
@@ -111,8 +124,9 @@ def prune(method: Annotated[str, typer.Option("--method", "-m", help="A register
 def _run_spec(spec: dict, inv: Invocation, main: str | None) -> None:
     from compress.stages.pipeline import PipelineSpec, run_pipeline
     env = inv.env(base=[spec.get("config", {})])
-    result = run_pipeline(PipelineSpec(**spec), env, inv.layers, inv.seed, inv.out,
-                          resolve_source=lambda ref: inv.source(ref, env))
+    with _interruptible():
+        result = run_pipeline(PipelineSpec(**spec), env, inv.layers, inv.seed, inv.out,
+                              resolve_source=lambda ref: inv.source(ref, env))
     _emit_chain(result, inv.as_json, main=main)
 
 
@@ -190,9 +204,6 @@ def _emit_chain(result: dict, as_json: bool, main: str | None) -> None:
 def main() -> None:
     try:
         app()
-    except (UserError, GateFailed) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, GateFailed, Interrupted) as e:
+        print(e if isinstance(e, Interrupted) else f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted: the unfinished stage's outputs were discarded", file=sys.stderr)
-        sys.exit(130)

@@ -11,3 +11,9 @@ class GateFailed(Exception):
     """A quality gate did not hold (exit 3)."""
 
     exit_code = 3
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a stage: the unfinished stage's folder was discarded (exit 130)."""
+
+    exit_code = 130

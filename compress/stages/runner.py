@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ class StageEnv:
     tracker: Tracker = field(default_factory=NullTracker)
     root: Path = DEFAULT_ROOT
     progress: bool = True
+
+    def log(self, message: str) -> None:
+        """One line on stderr per finished stage (kept out of stdout, which --json owns)."""
+        if self.progress:
+            print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -93,7 +99,13 @@ def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Wor
                 (tmp / "history.json").write_text(json.dumps(work.history))
             write_record(tmp, record)
         _track(env.tracker, cfg, work, out_dir)
+    env.log(f"{stage}{':' + method if method else ''} done in {record['seconds']:.1f} s  "
+            f"{_headline(work.metrics)}density {work.density:.4g}  -> {out_dir}")
     return record
+
+
+def _headline(metrics: dict) -> str:
+    return "".join(f"{k} {metrics[k]:.4f}  " for k in ("test_auc", "test_accuracy") if k in metrics)
 
 
 def _source(src: StageInfo | None) -> dict | None:

@@ -162,3 +162,22 @@ def test_corrupted_mask_file_is_refused(chain, tmp_path):
     r = compress("retrain", "--from", str(copy), *common, cwd=root)
     assert_user_error(r, "sha256")
     assert not list(root.glob("runs/retrain-*"))
+
+
+def test_ctrl_c_exits_130_and_discards_the_unfinished_stage(tmp_path):
+    import os
+    import signal
+    import time
+    cmd = [sys.executable, "-m", "compress", "pretrain", "--no-track", "--out", "st",
+           *sets(*TINY_SETS), "--set", "train.duration=100000ep"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not [f for f in os.listdir(tmp_path) if f.startswith(".st.")]:  # the stage is running
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    assert os.listdir(tmp_path) == []
