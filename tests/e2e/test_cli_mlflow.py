@@ -1,0 +1,130 @@
+"""The CLI with MLflow: the local store, a real server over HTTP, the registry, failures."""
+
+import time
+
+import pytest
+
+from tests.e2e.helpers import TINY_CPNA, TINY_SETS, assert_user_error, compress, compress_json, sets
+
+TINY = [*sets(*TINY_SETS, *TINY_CPNA), "--seed", "2"]
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("local")
+    import os
+    old = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        out = compress_json("prune", "--method", "cpna", *TINY, cwd=root)
+    finally:
+        if old is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    return root, out, f"sqlite:///{root}/mlflow.db"
+
+
+def test_local_store_holds_a_parent_run_with_nested_stages(local_run):
+    root, out, uri = local_run
+    assert (root / "mlflow.db").is_file() and (root / "mlruns").is_dir()
+    client = _client(uri)
+    parent = client.get_run(out["pipeline_run_id"])
+    exp = parent.info.experiment_id
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    stages = sorted(r.data.tags["compress.stage"] for r in children)
+    assert stages == ["export", "pretrain", "prune"]
+    prune = client.get_run(out["run_id"])
+    assert prune.data.params["method.name"] == "cpna"
+    assert prune.data.params["data.k"] == "2"
+    assert prune.data.metrics["density"] == pytest.approx(out["density"])
+    hist = client.get_metric_history(out["run_id"], "val_auc")
+    epochs = 2 * 3 + 1  # two annealing phases of 3 epochs, 1 final epoch
+    assert [m.step for m in hist] == list(range(epochs + 1))  # + the final value
+    names = {a.path for a in client.list_artifacts(out["run_id"], "stage")}
+    for f in ("masks.safetensors", "masks.json", "weights.safetensors", "init.safetensors",
+              "density.png", "stage.json", "history.json"):
+        assert f"stage/{f}" in names
+    export_run = next(r for r in children if r.data.tags["compress.stage"] == "export")
+    assert "stage/model.onnx" in {a.path for a in client.list_artifacts(export_run.info.run_id, "stage")}
+
+
+def test_run_id_works_as_from_and_register_sets_alias(local_run):
+    root, out, uri = local_run
+    re = compress_json("retrain", "--from", out["run_id"], "--mode", "rewind", "--out", "re",
+                       *TINY, cwd=root)
+    assert re["density"] == pytest.approx(out["density"])
+    ex = compress_json("export", "--from", out["run_id"], "--register", "tiny-cpna", "--out", "ex",
+                       *TINY, cwd=root)
+    reg = ex["registered"]
+    assert reg["name"] == "tiny-cpna" and reg["alias"] == "candidate"
+    client = _client(uri)
+    mv = client.get_model_version_by_alias("tiny-cpna", "candidate")
+    assert str(mv.version) == str(reg["version"])
+    assert mv.tags["method"] == "cpna" and mv.tags["source_run"] == out["run_id"]
+    assert float(mv.tags["density"]) == pytest.approx(out["density"], rel=1e-4)
+    assert "metric.test_auc" in mv.tags and mv.tags["dataset"].startswith("xor2d")
+    import mlflow.onnx
+    import numpy as np
+    import onnxruntime as ort
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    (root / "dl").mkdir()
+    model = mlflow.onnx.load_model("models:/tiny-cpna@candidate", dst_path=str(root / "dl"))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"input": np.zeros((3, 6), np.float32)})[0]
+    assert logits.shape == (3, 1)
+
+
+def test_parity_failure_registers_nothing(local_run):
+    root, out, uri = local_run
+    r = compress("export", "--from", out["run_id"], "--register", "never", "--out", "bad",
+                 "--set", "export.rtol=1e-30", *TINY, cwd=root)
+    assert_user_error(r, "relative error")
+    assert not (root / "bad").exists()
+    from mlflow.exceptions import MlflowException
+    with pytest.raises(MlflowException):
+        _client(uri).get_registered_model("never")
+
+
+def test_unreachable_server_fails_fast_and_clearly(tmp_path):
+    from tests.fixtures_mlflow import free_port
+    t0 = time.monotonic()
+    r = compress("pretrain", *TINY, cwd=tmp_path,
+                 env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    assert time.monotonic() - t0 < 20
+    assert_user_error(r, "unreachable", "MLFLOW_TRACKING_URI")
+
+
+@pytest.mark.server
+def test_pipeline_against_a_real_server(mlflow_server, tmp_path):
+    uri = mlflow_server if isinstance(mlflow_server, str) else mlflow_server.uri
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        "name: served\nconfig:\n  data: {name: xor, k: 2, p: 6, n_train: 256, n_val: 64, n_test: 64}\n"
+        "  model: {name: mlp, hidden: [16]}\n  train: {duration: 2ep, batch_size: 64}\n"
+        "  export: {registry_name: served-model, alias: candidate}\n"
+        "stages:\n  - {id: dense, stage: pretrain}\n"
+        "  - {id: cpna, stage: prune, from: dense, set: {method: {name: cpna, anneal_epochs: 2,"
+        " final_epochs: 1, output_connections: 4, input_connections: 8}}}\n"
+        "  - {id: onnx, stage: export, from: cpna}\n")
+    out = compress_json("pipeline", "run", str(spec), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert not (tmp_path / "mlflow.db").exists()  # everything went over HTTP
+    client = _client(uri)
+    parent = client.get_run(out["pipeline_run_id"])
+    assert parent.info.status == "FINISHED"
+    kids = client.search_runs([parent.info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(kids) == 3
+    mv = client.get_model_version_by_alias("served-model", "candidate")
+    assert mv.tags["method"] == "cpna"
+    onnx_run = out["stages"]["onnx"]["run_id"]
+    assert "stage/model.onnx" in {a.path for a in client.list_artifacts(onnx_run, "stage")}
+    # a run id from the server resolves as --from, even with the local folder gone
+    import shutil
+    shutil.rmtree(out["stages"]["cpna"]["artifacts"]["dir"])
+    re = compress_json("retrain", "--from", out["stages"]["cpna"]["run_id"], "--mode", "finetune",
+                       *sets("train.duration=1ep"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert re["density"] == pytest.approx(out["stages"]["cpna"]["density"])
