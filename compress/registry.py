@@ -33,6 +33,7 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._prefixes: dict[str, Callable[[str], Entry]] = {}
         self._loaded = False
 
     def register(self, name: str, *, params: type | None = None, summary: str = "",
@@ -47,6 +48,13 @@ class Registry:
 
         return deco
 
+    def register_prefix(self, prefix: str, resolver: Callable[[str], Entry]) -> None:
+        """Names like 'prefix:rest' resolve through resolver(rest) (e.g. torchvision:resnet18).
+
+        The resolver raises UserError for a rest it does not know.
+        """
+        self._prefixes[prefix] = resolver
+
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
@@ -58,8 +66,11 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         self._load()
+        prefix, sep, rest = name.partition(":")
+        if sep and prefix in self._prefixes and name not in self._entries:
+            return self._prefixes[prefix](rest)
         if name not in self._entries:
-            valid = ", ".join(self.names())
+            valid = ", ".join(self.names() + [f"{p}:NAME" for p in sorted(self._prefixes)])
             raise UserError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}")
         return self._entries[name]
 

@@ -43,6 +43,7 @@ def test_too_many_samples_is_a_user_error():
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_model_builds_and_runs(name):
+    shape = tuple(MODELS.get(name).defaults.get("example_shape", (12,)))
     for classes, width in ((2, 1), (10, 10)):
-        m = build_model(name, {}, (12,), classes)
-        assert m(torch.randn(5, 12)).shape == (5, width)
+        m = build_model(name, {}, shape, classes)
+        assert m(torch.randn(3, *shape)).shape == (3, width)
