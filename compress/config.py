@@ -46,7 +46,11 @@ class TrainConfig(Strict):
 
 
 class RetrainConfig(Strict):
-    mode: Literal["finetune", "rewind", "reinit"] = "finetune"
+    mode: Literal["finetune", "rewind", "reinit", "scratch_e", "scratch_b", "random_prune"] = \
+        "finetune"
+    rewind: str = Field("0it", description="rewind point for rewind/random_prune: '0it' = init")
+    scope: Literal["layerwise", "global"] = Field(
+        "layerwise", description="random_prune: keep per-layer counts, or only the total")
     train: TrainConfig | None = Field(None, description="defaults to the pretrain settings")
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from compress.config import resolve
+from compress.core.loop import fit
 from compress.core.masking import prunable_parameters
 from compress.core.masks import MaskSet
 from compress.methods.base import PruneContext
@@ -19,15 +20,28 @@ TINY = {
 # Options that make each method tiny; densities other than 0.5 so density/sparsity mix-ups show.
 FAST = {"cpna": {"anneal_epochs": 4, "final_epochs": 1, "output_connections": 5, "input_connections": 9},
         "cpa": {"anneal_epochs": 4, "final_epochs": 1, "output_connections": 5, "input_connections": 9},
-        "magnitude": {"density": 0.3, "finetune": "1ep"}, "random": {"density": 0.3, "finetune": "1ep"}}
+        "magnitude": {"density": 0.3, "finetune": "1ep"}, "random": {"density": 0.3, "finetune": "1ep"},
+        "imp": {"rounds": 2, "fraction": 0.3}, "oneshot": {"density": 0.3},
+        "gmp": {"density": 0.3, "steps": 3, "interval": "2it", "duration": "10it"}}
 
 
-def _run(name, seed=0, **opts):
-    cfg = resolve(TINY, {"method": {"name": name, **FAST.get(name, {}), **opts}}, seed=seed)
+def _run_opts(name, **opts):
+    """_run with method options that clash with its own argument names (e.g. `rounds`)."""
+    return _run(name, extra=opts)
+
+
+def _run(name, seed=0, rounds=None, extra=None, **opts):
+    cfg = resolve(TINY, {"method": {"name": name, **FAST.get(name, {}), **opts, **(extra or {})}},
+                  seed=seed)
     data = load_data(cfg)
     model = build(cfg, data)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, data, cfg.train, seed=cfg.seed)  # the dense pretraining
     start = MaskSet.ones_like(prunable_parameters(model))
-    ctx = PruneContext(model, data, cfg.train, start, cfg.seed, progress=False)
+    ctx = PruneContext(model, data, cfg.train, start, cfg.seed, progress=False, init=init,
+                       dense_train=cfg.train, dense_seed=cfg.seed,
+                       build=lambda offset: build(cfg, data, seed_offset=offset),
+                       on_round=(lambda *a: rounds.append(a)) if rounds is not None else None)
     return model, METHODS.get(name).obj(cfg.method_params(), ctx)
 
 
@@ -52,6 +66,14 @@ def test_method_is_reproducible(name):
 def test_every_method_has_a_summary_and_params():
     for e in METHODS.entries():
         assert e.summary and e.params is not None
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_pruned_weights_are_zero_and_survivors_trained(name):
+    model, result = _run(name)
+    params = prunable_parameters(model)
+    for n, m in result.masks.items():
+        assert torch.count_nonzero(params[n][m]) > 0.9 * int(m.sum())
 
 
 @pytest.mark.parametrize("density", [0.3, 0.8])
@@ -112,3 +134,78 @@ def test_cpna_rejects_non_mlp():
     from compress.methods.cpna import linear_layers
     with pytest.raises(UserError, match="MLP"):
         linear_layers(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2, 1)))
+
+
+def test_imp_masks_are_nested_and_follow_per_layer_rates():
+    rounds = []
+    model, result = _run("imp", rounds=rounds)
+    assert [r[0] for r in rounds] == [1, 2]
+    (_, m1, row1, _), (_, m2, row2, _) = rounds
+    assert m2.is_subset_of(m1) and not m1.is_subset_of(m2)
+    assert m2.equal(result.masks)
+    sizes = {n: p.numel() for n, p in prunable_parameters(model).items()}
+    # fc layer loses 30% of survivors per round, the output layer half that (exact counts)
+    fc, out = "layers.0.weight", "layers.1.weight"
+    assert m1.kept()[fc] == round(0.7 * sizes[fc]) and m2.kept()[fc] == round(0.7 * m1.kept()[fc])
+    assert m1.kept()[out] == round(0.85 * sizes[out])
+    assert row2["density"] < row1["density"] and "ticket_test_accuracy" in row1
+
+
+def test_imp_target_density_and_global_scope():
+    model, result = _run_opts("imp", fraction=None, density=0.2, scope="global", rounds=3)
+    total = sum(p.numel() for p in prunable_parameters(model).values())
+    assert abs(result.masks.density() - 0.2) < 0.01
+    assert sum(result.masks.kept().values()) == round(0.2 ** (1 / 3) * round(
+        0.2 ** (1 / 3) * round(0.2 ** (1 / 3) * total)))
+
+
+def test_imp_keep_dense_and_bad_layer_name():
+    from compress.errors import UserError
+    model, result = _run("imp", keep_dense=["layers.1"])
+    assert "layers.1.weight" not in result.masks
+    with pytest.raises(UserError, match="no prunable layer named 'fc9'"):
+        _run("imp", keep_dense=["fc9"])
+
+
+def test_rewind_point_after_training_is_refused():
+    from compress.errors import UserError
+    with pytest.raises(UserError, match="after the end of dense training"):
+        _run("imp", rewind="99ep")
+
+
+def test_rewind_point_replays_dense_training_exactly():
+    from compress.methods.controls import rewind_state
+    cfg = resolve(TINY)
+    data = load_data(cfg)
+    model = build(cfg, data)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, data, cfg.train, seed=cfg.seed)
+    spe = -(-256 // 64)
+    replayed = rewind_state(lambda o: build(cfg, data, seed_offset=o), init, f"{2 * spe}it", data,
+                            cfg.train, cfg.seed)
+    for k, v in model.state_dict().items():
+        assert torch.equal(replayed[k], v)  # 2 epochs = all of dense training, bit for bit
+
+
+def test_imp_controls_are_reported_per_round():
+    rounds = []
+    _run("imp", rounds=rounds, controls=["reinit", "random_prune", "scratch_b"])
+    row = rounds[-1][2]
+    for c in ("ticket", "reinit", "random_prune", "scratch_b"):
+        assert 0 <= row[f"{c}_test_accuracy"] <= 1
+
+
+def test_gmp_lands_exactly_on_the_final_sparsity():
+    model, result = _run("gmp")
+    updates = result.info["updates"]
+    assert updates[-1] == (6, pytest.approx(0.7))  # t0 + n*dt = 0 + 3*2
+    sparsities = [s for _, s in updates]
+    assert all(a <= b for a, b in zip(sparsities, sparsities[1:]))
+    for n, p in prunable_parameters(model).items():
+        assert result.masks.kept()[n] == int(0.3 * p.numel() + 0.5)
+
+
+def test_gmp_schedule_longer_than_training_is_refused():
+    from compress.errors import UserError
+    with pytest.raises(UserError, match="after training ends"):
+        _run("gmp", steps=10, interval="5it", duration="20it")

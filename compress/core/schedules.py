@@ -43,3 +43,21 @@ def anneal_count(start: int, target: int, step: int, steps: int, mu: float) -> i
         return min(start, max(target, 0))
     frac = max(0.0, (steps - 2 * step) / (2 * step * mu + steps))
     return max(target, min(start, int(math.ceil(target + (start - target) * frac))))
+
+
+def gmp_sparsity(t: int, s_i: float, s_f: float, t0: int, n: int, dt: int) -> float | None:
+    """Zhu & Gupta's cubic schedule: the sparsity to set at step t, or None between updates.
+
+    Updates happen at t0, t0 + dt, ..., t0 + n*dt; the last one is exactly s_f.
+    """
+    if t < t0 or (t - t0) % dt or (t - t0) // dt > n:
+        return None
+    j = (t - t0) // dt
+    if j == n:
+        return s_f
+    return s_f + (s_i - s_f) * (1 - j / n) ** 3
+
+
+def per_round_fraction(density: float, rounds: int) -> float:
+    """The fraction of survivors removed each round so that `rounds` rounds reach `density`."""
+    return 1 - density ** (1 / rounds)

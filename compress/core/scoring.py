@@ -49,6 +49,21 @@ def select(scores: Scores, density: float, scope: Literal["layerwise", "global"]
     return MaskSet(out)
 
 
+def select_counts(scores: Scores, counts: dict[str, int], current: MaskSet | None = None) -> MaskSet:
+    """Keep exactly counts[name] entries of each layer by score (never regrowing `current`)."""
+    scores = _exclude_pruned(scores, current)
+    return MaskSet({n: keep_top(s, min(counts[n], _alive(s))) for n, s in scores.items()})
+
+
+def random_like(masks: MaskSet, seed: int, scope: Literal["layerwise", "global"] = "layerwise") -> MaskSet:
+    """A random mask with the same kept count per layer (layerwise) or in total (global)."""
+    scores = uniform_random(masks, seed)
+    if scope == "layerwise":
+        return select_counts(scores, masks.kept())
+    total = sum(m.numel() for m in masks.values())
+    return select(scores, sum(masks.kept().values()) / total, "global")
+
+
 def _count(density: float, size: int) -> int:
     return int(math.floor(density * size + 0.5))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
@@ -19,6 +19,11 @@ class PruneContext:
     masks: MaskSet          # starting masks (all True for a dense model)
     seed: int
     progress: bool = True
+    init: dict | None = None                     # the dense initialisation (state dict)
+    dense_train: Any = None                      # TrainConfig of dense training (for replay)
+    dense_seed: int = 0                          # seed of dense training (for replay)
+    build: Callable[[int], nn.Module] | None = None   # fresh model; arg = seed offset
+    on_round: Callable[..., None] | None = None  # (index, masks, metrics, history): a nested run
 
 
 @dataclass
@@ -53,3 +58,13 @@ class DensityTarget(MethodParams):
 
     def default_density(self) -> float:
         return 0.2
+
+
+def check_layer_names(names: list[str], params: dict) -> None:
+    """Every name must be a prunable layer (module name or its '.weight')."""
+    valid = sorted(n.removesuffix(".weight") for n in params)
+    bad = [n for n in names if n.removesuffix(".weight") not in valid]
+    if bad:
+        from compress.errors import UserError
+        raise UserError(f"no prunable layer named {', '.join(map(repr, bad))}; this model's "
+                        f"layers are: {', '.join(valid)}")

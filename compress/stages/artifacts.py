@@ -132,3 +132,27 @@ def plot_density(masks: MaskSet, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_curve(rows: list[dict], path: Path, method: str) -> None:
+    """Test accuracy vs density for the ticket and every control trained on the same masks."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = sorted({k.removesuffix("_test_accuracy") for r in rows for k in r
+                     if k.endswith("_test_accuracy")})
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    dens = [r["density"] for r in rows]
+    for name in series:
+        ax.plot(dens, [r.get(f"{name}_test_accuracy") for r in rows], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("density (fraction of weights kept)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{method}: accuracy vs density", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

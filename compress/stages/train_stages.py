@@ -12,10 +12,8 @@ from compress.core.loop import fit
 from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
 from compress.core.masks import MaskSet
 from compress.errors import UserError
-from compress.stages.artifacts import INIT, WEIGHTS, StageInfo, plot_density, save_state
+from compress.stages.artifacts import INIT, WEIGHTS, StageInfo, plot_curve, plot_density, save_state
 from compress.stages.runner import StageEnv, Work, build, load_data, run_stage, split_metrics
-
-REINIT_OFFSET = 7919  # seed offset for a fresh random init, distinct from the original init
 
 
 def pretrain(cfg: Config, env: StageEnv, out: Path | None = None) -> dict:
@@ -27,12 +25,14 @@ def pretrain(cfg: Config, env: StageEnv, out: Path | None = None) -> dict:
         history = fit(model, data, cfg.train, seed=cfg.seed, progress="pretrain" if env.progress else None)
         save_state(model, tmp / WEIGHTS)
         return Work({"weights": WEIGHTS, "init": INIT}, split_metrics(model, data), 1.0, history,
-                    {"structure": structure(model, None), "data_fingerprint": data.fingerprint()})
+                    {"structure": structure(model, None), "data_fingerprint": data.fingerprint(),
+                     "dense_train": cfg.train.model_dump(), "dense_seed": cfg.seed})
 
     return run_stage("pretrain", cfg, env, body, out=out)
 
 
 def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -> dict:
+    from compress.config import TrainConfig
     from compress.methods.base import PruneContext
     from compress.registry import METHODS
 
@@ -42,29 +42,65 @@ def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -
     model, start = _load(cfg, data, src)
 
     def body(tmp: Path) -> Work:
-        ctx = PruneContext(model, data, cfg.train, start, cfg.seed, env.progress)
+        ctx = PruneContext(model, data, cfg.train, start, cfg.seed, env.progress,
+                           init=src.state("init"),
+                           dense_train=TrainConfig(**src.record.get("dense_train", cfg.train.model_dump())),
+                           dense_seed=src.record.get("dense_seed", cfg.seed),
+                           build=lambda offset: build(cfg, data, seed_offset=offset),
+                           on_round=_round_logger(env, tmp))
         result = entry.obj(params, ctx)
         apply_masks(model, result.masks)
-        return _finish(tmp, model, result.masks, src, data, result.history,
-                       {"method_info": result.info, "dense_metrics": src.record["metrics"]})
+        extra = {"method_info": result.info, "dense_metrics": src.record["metrics"]}
+        work = _finish(tmp, model, result.masks, src, data, result.history, extra)
+        if "curve" in result.info:
+            plot_curve(result.info["curve"], tmp / "curve.png", name)
+            work.files["curve_plot"] = "curve.png"
+            work.extra["curve"] = result.info["curve"]
+        return work
 
     return run_stage("prune", cfg, env, body, src=src, out=out, method=name)
 
 
+def _round_logger(env: StageEnv, tmp: Path):
+    """Each round of a multi-round method: its masks on disk and a nested tracked run."""
+    def log(index: int, masks: MaskSet, metrics: dict, history: list[dict]) -> None:
+        folder = tmp / "rounds" / f"round-{index:02d}"
+        masks.save(folder, round=index)
+        with env.tracker.run(f"round-{index}", tags={"compress.stage": "round",
+                                                     "compress.round": str(index)}):
+            env.tracker.log_history(history)
+            env.tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                                    step=len(history))
+            env.tracker.log_artifacts(folder, "round")
+        env.log(f"  round {index}: density {masks.density():.4f}  " + "  ".join(
+            f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("accuracy")))
+    return log
+
+
 def retrain(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -> dict:
+    from compress.methods import controls
     masks = src.masks()
     if masks is None:
         raise UserError(f"{src.dir} holds no masks (a {src.stage} stage); retrain needs the "
                         "output of prune or retrain")
     mode, data = cfg.retrain.mode, load_data(cfg)
-    model = build(cfg, data, seed_offset=REINIT_OFFSET if mode == "reinit" else 0)
-    if mode != "reinit":
-        model.load_state_dict(src.state("weights" if mode == "finetune" else "init"))
+    train_cfg = cfg.retrain.train or cfg.train
+    rewound = None
+    if mode in ("rewind", "random_prune"):
+        from compress.config import TrainConfig
+        rewound = controls.rewind_state(
+            lambda o: build(cfg, data, seed_offset=o), src.state("init"), cfg.retrain.rewind,
+            data, TrainConfig(**src.record.get("dense_train", cfg.train.model_dump())),
+            src.record.get("dense_seed", cfg.seed))
+    start = controls.prepare(mode, build=lambda o: build(cfg, data, seed_offset=o), masks=masks,
+                             trained=src.state("weights") if mode == "finetune" else None,
+                             rewound=rewound, duration=train_cfg.duration,
+                             example=data.test.x[:1], seed=cfg.seed, scope=cfg.retrain.scope)
 
     def body(tmp: Path) -> Work:
-        history = fit(model, data, cfg.retrain.train or cfg.train, seed=cfg.seed,
-                      masks=MaskEnforcer(masks), progress=f"retrain:{mode}" if env.progress else None)
-        return _finish(tmp, model, masks, src, data, history, {"mode": mode})
+        history = fit(start.model, data, train_cfg, seed=cfg.seed, masks=MaskEnforcer(start.masks),
+                      duration=start.duration, progress=f"retrain:{mode}" if env.progress else None)
+        return _finish(tmp, start.model, start.masks, src, data, history, {"mode": mode, **start.info})
 
     return run_stage("retrain", cfg, env, body, src=src, out=out, method=src.record.get("method"))
 
@@ -88,7 +124,8 @@ def _finish(tmp: Path, model, masks: MaskSet, src: StageInfo, data, history, ext
     plot_density(masks, tmp / "density.png", extra.get("mode") or "pruned")
     files = {"weights": WEIGHTS, "init": INIT, "masks": "masks.safetensors",
              "density_plot": "density.png"}
-    extra = {**extra, "layer_density": masks.layer_density(), "structure": structure(model, masks)}
+    extra = {**extra, "layer_density": masks.layer_density(), "structure": structure(model, masks),
+             "dense_train": src.record.get("dense_train"), "dense_seed": src.record.get("dense_seed")}
     return Work(files, split_metrics(model, data), masks.density(), history, extra)
 
 
