@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 TINY_SETS = [
+    "data.name=xor", "model.name=mlp",
     "data.k=2", "data.p=6", "data.n_train=256", "data.n_val=128", "data.n_test=128",
     "model.hidden=[16]", "train.duration=3ep", "train.batch_size=64",
 ]

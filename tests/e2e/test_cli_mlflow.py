@@ -128,3 +128,25 @@ def test_pipeline_against_a_real_server(mlflow_server, tmp_path):
     re = compress_json("retrain", "--from", out["stages"]["cpna"]["run_id"], "--mode", "finetune",
                        *sets("train.duration=1ep"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert re["density"] == pytest.approx(out["stages"]["cpna"]["density"])
+
+
+def test_imp_through_the_cli_logs_rounds_plot_and_onnx(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = compress_json("prune", "--method", "imp", *sets(*TINY_SETS), "--set", "method.rounds=3",
+                        "--set", "method.controls=[reinit, random_prune]", cwd=tmp_path)
+    curve = out["curve"]
+    assert [r["round"] for r in curve] == [1, 2, 3]
+    assert all(a["density"] > b["density"] for a, b in zip(curve, curve[1:]))
+    assert {"ticket_test_accuracy", "reinit_test_accuracy", "random_prune_test_accuracy"} <= set(curve[0])
+    assert out["artifacts"]["curve_plot"].endswith("curve.png")
+    assert open(out["artifacts"]["curve_plot"], "rb").read(4) == b"\x89PNG"
+    assert out["artifacts"]["onnx"].endswith("model.onnx")
+    client = _client(f"sqlite:///{tmp_path}/mlflow.db")
+    prune = client.get_run(out["run_id"])
+    rounds = client.search_runs([prune.info.experiment_id],
+                                f"tags.mlflow.parentRunId = '{out['run_id']}'")
+    assert sorted(r.data.tags["compress.round"] for r in rounds) == ["1", "2", "3"]
+    for r in rounds:
+        assert "round/masks.safetensors" in {a.path for a in client.list_artifacts(r.info.run_id, "round")}
+        assert "ticket_test_accuracy" in r.data.metrics
+    assert "stage/curve.png" in {a.path for a in client.list_artifacts(out["run_id"], "stage")}
