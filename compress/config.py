@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from compress.core.schedules import DurationStr
 
 from compress.errors import UserError
 
@@ -32,23 +34,13 @@ class TrainConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-3, ge=0, description="L2 penalty (added to the gradient)")
     batch_size: int = Field(256, ge=1)
-    duration: str = Field("150ep", description="'150ep' epochs or '4000it' iterations")
-
-    @field_validator("duration")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        from compress.core.schedules import parse_duration
-        try:
-            parse_duration(v)
-        except UserError as e:
-            raise ValueError(str(e)) from None
-        return v
+    duration: DurationStr = Field("150ep", description="'150ep' epochs or '4000it' iterations")
 
 
 class RetrainConfig(Strict):
     mode: Literal["finetune", "rewind", "reinit", "scratch_e", "scratch_b", "random_prune"] = \
         "finetune"
-    rewind: str = Field("0it", description="rewind point for rewind/random_prune: '0it' = init")
+    rewind: DurationStr = Field("0it", description="rewind point for rewind/random_prune: '0it' = init")
     scope: Literal["layerwise", "global"] = Field(
         "layerwise", description="random_prune: keep per-layer counts, or only the total")
     train: TrainConfig | None = Field(None, description="defaults to the pretrain settings")

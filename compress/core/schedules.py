@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from compress.errors import UserError
 
@@ -61,3 +64,15 @@ def gmp_sparsity(t: int, s_i: float, s_f: float, t0: int, n: int, dt: int) -> fl
 def per_round_fraction(density: float, rounds: int) -> float:
     """The fraction of survivors removed each round so that `rounds` rounds reach `density`."""
     return 1 - density ** (1 / rounds)
+
+
+def _valid_duration(text: str) -> str:
+    try:
+        parse_duration(text)
+    except UserError as e:
+        raise ValueError(str(e)) from None
+    return text
+
+
+# A config field holding a duration ('150ep' / '4000it'), checked when the config is read.
+DurationStr = Annotated[str, AfterValidator(_valid_duration)]

@@ -15,8 +15,9 @@ from compress.core import scoring
 from compress.core.loop import BaseHook, fit
 from compress.core.masking import MaskEnforcer, prunable_parameters
 from compress.core.masks import MaskSet
-from compress.core.schedules import gmp_sparsity, parse_duration
+from compress.core.schedules import DurationStr, gmp_sparsity, parse_duration
 from compress.errors import UserError
+from compress.methods.imp import LTH_DEFAULTS
 from compress.methods.base import DensityTarget, PruneContext, PruneResult, check_layer_names
 from compress.registry import register_method
 
@@ -25,10 +26,10 @@ class GMPParams(DensityTarget):
     """`density` / `sparsity` is the FINAL target (s_f = 1 - density)."""
 
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="s_i")
-    start: str = Field("0it", description="t0: first pruning step")
+    start: DurationStr = Field("0it", description="t0: first pruning step")
     steps: int = Field(10, ge=1, description="n: number of pruning updates after t0")
-    interval: str = Field("100it", description="dt: steps between updates")
-    duration: str | None = Field(None, description="training length (default: train.duration)")
+    interval: DurationStr = Field("100it", description="dt: steps between updates")
+    duration: DurationStr | None = Field(None, description="training length (default: train.duration)")
     scope: Literal["layerwise", "global"] = "layerwise"
     keep_dense: list[str] = Field(default_factory=list)
 
@@ -62,9 +63,7 @@ class GMPHook(BaseHook):
 
 @register_method("gmp", params=GMPParams,
                  summary="gradual magnitude pruning with Zhu & Gupta's cubic schedule",
-                 defaults={"data": {"name": "mnist5k"}, "model": {"name": "lenet300"},
-                           "train": {"lr": 0.0012, "batch_size": 60, "duration": "3000it",
-                                     "weight_decay": 0.0}})
+                 defaults=LTH_DEFAULTS)
 def gmp(p: GMPParams, ctx: PruneContext) -> PruneResult:
     params = prunable_parameters(ctx.model)
     check_layer_names(p.keep_dense, params)

@@ -16,17 +16,21 @@ from compress.core import scoring
 from compress.core.loop import evaluate, fit
 from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
 from compress.core.masks import MaskSet
-from compress.core.schedules import per_round_fraction
+from compress.core.schedules import DurationStr, per_round_fraction
 from compress.methods import controls
 from compress.methods.base import (DensityTarget, MethodParams, PruneContext, PruneResult,
                                    check_layer_names)
 from compress.registry import register_method
 
 Control = Literal["reinit", "random_prune", "scratch_e", "scratch_b"]
+# The lottery-ticket methods' embedded default: LeNet-300-100 on the 5k MNIST subset (Adam
+# 1.2e-3, batch 60 as in Frankle & Carbin; fewer iterations per round to finish in ~a minute).
+LTH_DEFAULTS = {"data": {"name": "mnist5k"}, "model": {"name": "lenet300"},
+                "train": {"lr": 0.0012, "batch_size": 60, "duration": "2000it", "weight_decay": 0.0}}
 
 
 class RewindOptions(MethodParams):
-    rewind: str = Field("0it", description="rewind point: '0it' (init), '500it', '2ep'")
+    rewind: DurationStr = Field("0it", description="rewind point: '0it' (init), '500it', '2ep'")
     scope: Literal["layerwise", "global"] = "layerwise"
     keep_dense: list[str] = Field(default_factory=list, description="layers left unpruned")
     controls: list[Control] = Field(default_factory=list, description="trained on every mask")
@@ -127,9 +131,7 @@ def _control(mode: str, p: RewindOptions, ctx: PruneContext, masks: MaskSet, rew
 
 @register_method("imp", params=IMPParams,
                  summary="lottery tickets: iterative magnitude pruning with rewinding",
-                 defaults={"data": {"name": "mnist5k"}, "model": {"name": "lenet300"},
-                           "train": {"lr": 0.0012, "batch_size": 60, "duration": "2000it",
-                                     "weight_decay": 0.0}})
+                 defaults=LTH_DEFAULTS)
 def imp(p: IMPParams, ctx: PruneContext) -> PruneResult:
     return run_rounds(p, ctx, lambda kinds: {n: p.layer_fraction(k) for n, k in kinds.items()},
                       p.layer_fraction("fc"), p.rounds, "imp")
@@ -137,9 +139,7 @@ def imp(p: IMPParams, ctx: PruneContext) -> PruneResult:
 
 @register_method("oneshot", params=LTHOneShotParams,
                  summary="lottery ticket in one shot: prune to the target, rewind, retrain",
-                 defaults={"data": {"name": "mnist5k"}, "model": {"name": "lenet300"},
-                           "train": {"lr": 0.0012, "batch_size": 60, "duration": "2000it",
-                                     "weight_decay": 0.0}})
+                 defaults=LTH_DEFAULTS)
 def oneshot(p: LTHOneShotParams, ctx: PruneContext) -> PruneResult:
     return run_rounds(p, ctx, lambda kinds: {n: 1 - p.density for n in kinds}, 1 - p.density,
                       1, "oneshot")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Callable, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from compress.core import scoring
 from compress.core.loop import fit
+from compress.core.schedules import DurationStr, parse_duration
 from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
 from compress.methods.base import DensityTarget, PruneContext, PruneResult
 from compress.registry import register_method
@@ -15,18 +16,7 @@ from compress.registry import register_method
 
 class OneShotParams(DensityTarget):
     scope: Literal["layerwise", "global"] = "layerwise"
-    finetune: str = Field("30ep", description="training after pruning ('0ep' for none)")
-
-    @field_validator("finetune")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        from compress.core.schedules import parse_duration
-        from compress.errors import UserError
-        try:
-            parse_duration(v)
-        except UserError as e:
-            raise ValueError(str(e)) from None
-        return v
+    finetune: DurationStr = Field("30ep", description="training after pruning ('0ep' for none)")
 
 
 def prune_once(p: OneShotParams, ctx: PruneContext,
@@ -36,7 +26,7 @@ def prune_once(p: OneShotParams, ctx: PruneContext,
     masks = scoring.select(score_fn(params), p.density, p.scope, current=ctx.masks)
     apply_masks(ctx.model, masks)
     history = []
-    if not p.finetune.startswith("0"):
+    if parse_duration(p.finetune).amount > 0:
         history = fit(ctx.model, ctx.data, ctx.train, seed=ctx.seed, masks=MaskEnforcer(masks),
                       duration=p.finetune, progress=label if ctx.progress else None)
     return PruneResult(masks, history, {"scope": p.scope})
