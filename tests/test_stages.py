@@ -92,3 +92,23 @@ def test_export_refuses_shrink_of_unsupported_model(pruned, tmp_path):
     assert _deployable(masked_only, other, None)[0] is other
     rec = run_one("export", masked_only, env, pr, tmp_path / "ex2")
     assert rec["metrics"]["parity_rel_error"] <= 1e-5
+
+
+def test_scratch_b_scales_the_budget_by_flops_and_random_prune_keeps_counts(pruned, tmp_path):
+    env, cfg, pre, pr = pruned
+    b = run_one("retrain", resolve(TINY, {"retrain": {"mode": "scratch_b"}}), env, pr, tmp_path / "b")
+    assert b["flops_ratio"] > 2.5  # density 0.3 on every layer: ~1/0.3 fewer MACs
+    assert b["duration"] == f"{int(-(-2 * b['flops_ratio'] // 1))}ep"
+    rp = run_one("retrain", resolve(TINY, {"retrain": {"mode": "random_prune",
+                                                       "train": {"duration": "0ep"}}}),
+                 env, pr, tmp_path / "rp")
+    masks = read_stage(rp["out_dir"]).masks()
+    assert masks.kept() == pr.masks().kept() and not masks.equal(pr.masks())
+
+
+def test_retrain_rewind_point_after_training_is_refused(pruned, tmp_path):
+    env, cfg, pre, pr = pruned
+    with pytest.raises(UserError, match="after the end of dense training"):
+        run_one("retrain", resolve(TINY, {"retrain": {"mode": "rewind", "rewind": "50ep"}}),
+                env, pr, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
