@@ -47,7 +47,8 @@ class RetrainConfig(Strict):
 
 
 class ExportConfig(Strict):
-    shrink: bool = True
+    shrink: bool | Literal["auto"] = Field(
+        "auto", description="physically remove dead units: auto = where the model supports it")
     rtol: float = Field(1e-5, gt=0, description="max relative error of ONNX vs PyTorch")
     parity_samples: int = Field(256, ge=1)
     opset: int | None = None

@@ -87,7 +87,8 @@ def test_export_refuses_shrink_of_unsupported_model(pruned, tmp_path):
     env, cfg, pre, pr = pruned
     other = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
     with pytest.raises(UserError, match="export.shrink=false"):
-        _deployable(cfg, other, None)
+        _deployable(resolve(TINY, {"export": {"shrink": True}}), other, None)
+    assert _deployable(cfg, other, None)[0] is other  # auto: masks only where shrink can't go
     masked_only = resolve(TINY, {"export": {"shrink": False}})
     assert _deployable(masked_only, other, None)[0] is other
     rec = run_one("export", masked_only, env, pr, tmp_path / "ex2")

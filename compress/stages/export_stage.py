@@ -61,10 +61,11 @@ def _deployable(cfg: Config, model, masks):
     if cfg.export.shrink and isinstance(model, MLP):
         from compress.core.structure import shrink_mlp
         return shrink_mlp(model, masks)
-    if cfg.export.shrink:
+    if cfg.export.shrink is True:
         raise UserError(f"structural shrink supports MLP models, not {type(model).__name__}; "
                         "export with masks only: --set export.shrink=false")
-    return model, {"shrunk": False}
+    return model, {"shrunk": False, "reason": "masks only" if cfg.export.shrink is False else
+                   f"no structural shrink for {type(model).__name__} yet; exported with masks"}
 
 
 def _metadata(src: StageInfo, spec: dict, data) -> dict[str, str]:
