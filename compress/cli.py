@@ -41,9 +41,10 @@ class Invocation:
     def __init__(self, config: Path | None, sets: list[str] | None, seed: int | None,
                  out: Path | None, as_json: bool, track: bool, extra: dict | None = None):
         from compress.config import load_yaml, parse_set
-        self.layers = ([load_yaml(config)] if config else []) + [parse_set(s) for s in sets or []]
-        if extra:
-            self.layers.append(extra)
+        # Flags like --method come first: --config and --set then refine that method's section
+        # (a later change of method name would reset the section and drop them).
+        self.layers = ([extra] if extra else []) + ([load_yaml(config)] if config else []) + \
+            [parse_set(s) for s in sets or []]
         self.seed, self.out, self.as_json, self.track = seed, out, as_json, track
 
     def env(self, base: list[dict] | None = None):

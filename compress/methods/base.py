@@ -13,6 +13,10 @@ from compress.core.masks import MaskSet
 
 @dataclass
 class PruneContext:
+    """Everything a method may use. A registered method is `fn(params, ctx) -> PruneResult`;
+    it may also offer `fn.check(params, ctx)`, run before the stage starts, to refuse options
+    that only the model or data can judge (layer names, schedule lengths)."""
+
     model: nn.Module        # trained dense (or already masked) weights, loaded
     data: Any               # DataBundle
     train: Any              # TrainConfig: optimiser settings for any training the method does

@@ -73,15 +73,21 @@ def rewind_state(build: Callable[[int], nn.Module], init: dict[str, torch.Tensor
     Dense training is deterministic given the seed, so replaying its first k steps reproduces
     the weights it had at step k without storing a checkpoint per possible rewind point.
     """
-    steps_per_epoch = max(1, -(-len(data.train) // train_cfg.batch_size))
-    k = parse_duration(point).steps(steps_per_epoch)
-    total = parse_duration(train_cfg.duration).steps(steps_per_epoch)
-    if k > total:
-        raise UserError(f"rewind point {point} ({k} steps) is after the end of dense training "
-                        f"({train_cfg.duration} = {total} steps); use an earlier point")
+    k = rewind_steps(point, data, train_cfg)
     if k == 0:
         return {n: t.clone() for n, t in init.items()}
     model = build(0)
     model.load_state_dict(init)
     fit(model, data, train_cfg, seed=seed, duration=f"{k}it")
     return {n: t.detach().clone() for n, t in model.state_dict().items()}
+
+
+def rewind_steps(point: str, data, train_cfg) -> int:
+    """Steps of dense training before the rewind point; refused if past the end of training."""
+    steps_per_epoch = max(1, -(-len(data.train) // train_cfg.batch_size))
+    k = parse_duration(point).steps(steps_per_epoch)
+    total = parse_duration(train_cfg.duration).steps(steps_per_epoch)
+    if k > total:
+        raise UserError(f"rewind point {point} ({k} steps) is after the end of dense training "
+                        f"({train_cfg.duration} = {total} steps); use an earlier point")
+    return k

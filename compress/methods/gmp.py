@@ -65,9 +65,18 @@ class GMPHook(BaseHook):
                  summary="gradual magnitude pruning with Zhu & Gupta's cubic schedule",
                  defaults=LTH_DEFAULTS)
 def gmp(p: GMPParams, ctx: PruneContext) -> PruneResult:
-    params = prunable_parameters(ctx.model)
-    check_layer_names(p.keep_dense, params)
+    t0, dt, duration = check(p, ctx)
     dense = {n.removesuffix(".weight") + ".weight" for n in p.keep_dense}
+    enforcer = MaskEnforcer(MaskSet({n: m for n, m in ctx.masks.items() if n not in dense}))
+    hook = GMPHook(p, enforcer, t0, dt)
+    history = fit(ctx.model, ctx.data, ctx.train, seed=ctx.seed, hooks=[hook], masks=enforcer,
+                  duration=duration, progress="gmp" if ctx.progress else None)
+    return PruneResult(enforcer.masks, history, {"updates": hook.updates})
+
+
+def check(p: GMPParams, ctx: PruneContext) -> tuple[int, int, str]:
+    """(t0, dt, duration) in steps; refuses unknown layers and schedules longer than training."""
+    check_layer_names(p.keep_dense, prunable_parameters(ctx.model))
     spe = max(1, -(-len(ctx.data.train) // ctx.train.batch_size))
     t0, dt = parse_duration(p.start).steps(spe), parse_duration(p.interval).steps(spe)
     duration = p.duration or ctx.train.duration
@@ -77,8 +86,7 @@ def gmp(p: GMPParams, ctx: PruneContext) -> PruneResult:
     if t0 + p.steps * dt > total:
         raise UserError(f"the GMP schedule ends at step {t0 + p.steps * dt}, after training ends "
                         f"({duration} = {total} steps); shorten start/steps/interval or train longer")
-    enforcer = MaskEnforcer(MaskSet({n: m for n, m in ctx.masks.items() if n not in dense}))
-    hook = GMPHook(p, enforcer, t0, dt)
-    history = fit(ctx.model, ctx.data, ctx.train, seed=ctx.seed, hooks=[hook], masks=enforcer,
-                  duration=duration, progress="gmp" if ctx.progress else None)
-    return PruneResult(enforcer.masks, history, {"updates": hook.updates})
+    return t0, dt, duration
+
+
+gmp.check = check  # type: ignore[attr-defined]

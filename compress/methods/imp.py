@@ -90,10 +90,16 @@ def prune_round(model, masks: MaskSet, fractions: dict[str, float], scope: str,
     return scoring.select_counts(scores, counts, masks)
 
 
+def check(p: RewindOptions, ctx: PruneContext) -> None:
+    """Refuse bad options before anything runs: unknown layer names, a late rewind point."""
+    check_layer_names(p.keep_dense, prunable_parameters(ctx.model))
+    controls.rewind_steps(p.rewind, ctx.data, ctx.dense_train)
+
+
 def run_rounds(p: RewindOptions, ctx: PruneContext, fractions_for, global_fraction: float,
                rounds: int, label: str) -> PruneResult:
+    check(p, ctx)
     params = prunable_parameters(ctx.model)
-    check_layer_names(p.keep_dense, params)
     dense = {n.removesuffix(".weight") + ".weight" for n in p.keep_dense}
     masks = MaskSet({n: m for n, m in ctx.masks.items() if n not in dense})
     fractions = fractions_for(layer_kinds(params))
@@ -143,3 +149,7 @@ def imp(p: IMPParams, ctx: PruneContext) -> PruneResult:
 def oneshot(p: LTHOneShotParams, ctx: PruneContext) -> PruneResult:
     return run_rounds(p, ctx, lambda kinds: {n: 1 - p.density for n in kinds}, 1 - p.density,
                       1, "oneshot")
+
+
+imp.check = check  # type: ignore[attr-defined]
+oneshot.check = check  # type: ignore[attr-defined]

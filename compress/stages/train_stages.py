@@ -40,14 +40,16 @@ def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -
     entry, params = METHODS.get(name), cfg.method_params()
     data = load_data(cfg)
     model, start = _load(cfg, data, src)
+    ctx = PruneContext(model, data, cfg.train, start, cfg.seed, env.progress,
+                       init=src.state("init"),
+                       dense_train=TrainConfig(**src.record.get("dense_train", cfg.train.model_dump())),
+                       dense_seed=src.record.get("dense_seed", cfg.seed),
+                       build=lambda offset: build(cfg, data, seed_offset=offset))
+    if hasattr(entry.obj, "check"):  # refuse bad options before a run or folder exists
+        entry.obj.check(params, ctx)
 
     def body(tmp: Path) -> Work:
-        ctx = PruneContext(model, data, cfg.train, start, cfg.seed, env.progress,
-                           init=src.state("init"),
-                           dense_train=TrainConfig(**src.record.get("dense_train", cfg.train.model_dump())),
-                           dense_seed=src.record.get("dense_seed", cfg.seed),
-                           build=lambda offset: build(cfg, data, seed_offset=offset),
-                           on_round=_round_logger(env, tmp))
+        ctx.on_round = _round_logger(env, tmp)
         result = entry.obj(params, ctx)
         apply_masks(model, result.masks)
         extra = {"method_info": result.info, "dense_metrics": src.record["metrics"]}

@@ -181,3 +181,37 @@ def test_ctrl_c_exits_130_and_discards_the_unfinished_stage(tmp_path):
     assert p.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
     assert os.listdir(tmp_path) == []
+
+
+LTH_BAD = [
+    (["--set", "method.keep_dense=[fc9]"], ["no prunable layer named 'fc9'", "layers.0"]),
+    (["--set", "method.rewind=99ep"], ["rewind point 99ep", "after the end"]),
+    (["--set", "method.density=0"], ["method.density"]),
+    (["--set", "method.fraction=1"], ["method.fraction"]),
+]
+
+
+@pytest.mark.parametrize("extra, words", LTH_BAD, ids=["keep_dense", "rewind", "density0", "fraction1"])
+def test_lth_bad_options_fail_before_anything_is_written(chain, extra, words):
+    root, common, pre, _ = chain
+    before = sorted(p.name for p in root.rglob("*"))
+    r = compress("prune", "--method", "imp", "--from", "pre", *common, *extra, cwd=root)
+    assert_user_error(r, *words)
+    assert sorted(p.name for p in root.rglob("*")) == before
+
+
+def test_gmp_schedule_past_training_fails_early(chain):
+    root, common, pre, _ = chain
+    r = compress("prune", "--method", "gmp", "--from", "pre", *common,
+                 "--set", "method.steps=50", "--set", "method.interval=1ep", cwd=root)
+    assert_user_error(r, "GMP schedule ends")
+
+
+def test_unknown_torchvision_model_and_missing_data_root(tmp_path):
+    r = compress("pretrain", "--no-track", "--set", "data.name=mnist5k",
+                 "--set", "model.name=torchvision:resnet19", cwd=tmp_path)
+    assert_user_error(r, "unknown torchvision model 'resnet19'")
+    r = compress("pretrain", "--no-track", "--set", "data.name=mnist", "--set", f"data.root={tmp_path}",
+                 cwd=tmp_path)
+    assert_user_error(r, "MNIST/raw")
+    assert list(tmp_path.iterdir()) == []
