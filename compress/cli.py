@@ -203,8 +203,16 @@ def _emit_chain(result: dict, as_json: bool, main: str | None) -> None:
 
 
 def main() -> None:
+    import os
     try:
         app()
     except (UserError, GateFailed, Interrupted) as e:
         print(e if isinstance(e, Interrupted) else f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:  # unwritable --out, full disk, ...: the environment, not a bug
+        if os.environ.get("COMPRESS_DEBUG"):
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}; check the path and permissions "
+              "(COMPRESS_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(2)

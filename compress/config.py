@@ -127,10 +127,10 @@ def parse_set(item: str) -> dict:
     return value
 
 
-def load_yaml(path: Path) -> dict:
+def load_yaml(path: Path, what: str = "config file") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

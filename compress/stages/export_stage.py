@@ -20,8 +20,8 @@ ONNX_FILE = "model.onnx"
 def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -> dict:
     if not src.has("weights"):
         raise UserError(f"{src.dir} ({src.stage}) has no weights to export")
-    if cfg.export.registry_name:
-        _check_model_name(cfg.export.registry_name)
+    if cfg.export.registry_name:  # a registration that must fail does so before any work
+        env.tracker.check_register(cfg.export.registry_name, cfg.export.alias)
     data = load_data(cfg)
     model = build(cfg, data)
     model.load_state_dict(src.state("weights"))
@@ -86,13 +86,6 @@ def _onnx_metrics(path: Path, data) -> dict[str, float]:
     name = sess.get_inputs()[0].name
     logits = torch.from_numpy(sess.run(None, {name: data.test.x.numpy()})[0])
     return {k: v for k, v in classification_metrics(logits, data.test.y).items() if k != "loss"}
-
-
-def _check_model_name(name: str) -> None:
-    import re
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
-        raise UserError(f"registered model name {name!r} is invalid: use letters, digits, "
-                        "'.', '_' or '-' (e.g. cpna-xor)")
 
 
 def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) -> dict:

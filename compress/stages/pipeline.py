@@ -64,7 +64,7 @@ class PipelineSpec(BaseModel):
 
 def load_pipeline(path: Path) -> PipelineSpec:
     try:
-        return PipelineSpec(**load_yaml(path))
+        return PipelineSpec(**load_yaml(path, "pipeline file"))
     except ValidationError as e:
         raise UserError(f"{path}: " + format_validation(e)) from None
 

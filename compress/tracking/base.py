@@ -34,6 +34,9 @@ class Tracker(Protocol):
                       alias: str, input_example=None) -> dict:
         """Log the ONNX model with mlflow.onnx, register a version, tag it, set the alias."""
 
+    def check_register(self, name: str, alias: str) -> None:
+        """Refuse a registration that would fail (bad name/alias, no registry) before any work."""
+
     def fetch_run(self, run_id: str, dest: Path) -> Path:
         """Local folder of a run's stage artifacts (downloaded if not present locally)."""
 
@@ -63,8 +66,13 @@ class NullTracker:
     def set_tags(self, tags) -> None:
         pass
 
+    def check_register(self, name: str, alias: str) -> None:
+        raise UserError("--register needs the MLflow registry; drop --no-track "
+                        "(or tracking.enabled: false)")
+
     def register_onnx(self, onnx_path, name, *, tags, alias, input_example=None) -> dict:
-        raise UserError("--register needs tracking; drop --no-track")
+        self.check_register(name, alias)
+        return {}
 
     def fetch_run(self, run_id: str, dest: Path) -> Path:
         raise UserError(f"{run_id!r} is not a stage folder, and tracking is off so it cannot "

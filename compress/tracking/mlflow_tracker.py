@@ -385,6 +385,10 @@ class MlflowTracker:
 
     # --- model registry ----------------------------------------------------------------
 
+    def check_register(self, name: str, alias: str) -> None:
+        check_model_name(name)
+        check_alias(alias)
+
     def register_onnx(self, onnx_path: Path, name: str, *, tags: dict[str, str],
                       alias: str, input_example=None) -> dict:
         """Log the ONNX model under the active run, register a version, tag it, set the alias.

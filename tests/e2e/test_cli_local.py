@@ -128,7 +128,7 @@ BAD = [
     (["retrain"], ["--from"]),
     (["export", "--from", "notastage"], []),
     (["pipeline", "run", "bad-pipe.yaml"], ["bad-pipe.yaml", "earlier stage"]),
-    (["export", "--from", "pre", "--register", "bad name!"], ["registered model name"]),
+    (["export", "--from", "pre", "--register", "name"], ["needs the MLflow registry"]),
     (["prune", "--method", "cpna", "--set", "model.name=nomodel"], ["unknown model 'nomodel'"]),
 ]
 
@@ -149,6 +149,12 @@ def test_bad_input_in_a_real_process(tmp_path, args, words):
     r = compress_subprocess(*args, "--no-track", cwd=tmp_path)
     assert_user_error(r, *words)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_out_is_one_line(tmp_path):
+    r = compress_subprocess("pretrain", "--no-track", "--out", "/proc/nope", *sets(*TINY_SETS),
+                            cwd=tmp_path)
+    assert_user_error(r, "/proc/")
 
 
 def test_corrupted_mask_file_is_refused(chain, tmp_path):

@@ -89,6 +89,15 @@ def test_parity_failure_registers_nothing(local_run):
         _client(uri).get_registered_model("never")
 
 
+@pytest.mark.parametrize("args, words", [(["--register", "team/model"], "registered model name"),
+                                         (["--register", "ok", "--alias", "latest"], "alias")])
+def test_bad_registry_name_or_alias_fails_before_export(local_run, args, words):
+    root, out, uri = local_run
+    r = compress("export", "--from", out["run_id"], "--out", "never", *args, *TINY, cwd=root)
+    assert_user_error(r, words)
+    assert not (root / "never").exists()
+
+
 def test_unreachable_server_fails_fast_and_clearly(tmp_path):
     from tests.fixtures_mlflow import free_port
     t0 = time.monotonic()
