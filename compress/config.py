@@ -35,6 +35,7 @@ class TrainConfig(Strict):
     weight_decay: float = Field(1e-3, ge=0, description="L2 penalty (added to the gradient)")
     batch_size: int = Field(256, ge=1)
     duration: DurationStr = Field("150ep", description="'150ep' epochs or '4000it' iterations")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="lr per epoch")
 
 
 class RetrainConfig(Strict):

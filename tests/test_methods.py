@@ -22,7 +22,8 @@ FAST = {"cpna": {"anneal_epochs": 4, "final_epochs": 1, "output_connections": 5,
         "cpa": {"anneal_epochs": 4, "final_epochs": 1, "output_connections": 5, "input_connections": 9},
         "magnitude": {"density": 0.3, "finetune": "1ep"}, "random": {"density": 0.3, "finetune": "1ep"},
         "imp": {"rounds": 2, "fraction": 0.3}, "oneshot": {"density": 0.3},
-        "gmp": {"density": 0.3, "steps": 3, "interval": "2it", "duration": "10it"}}
+        "gmp": {"density": 0.3, "steps": 3, "interval": "2it", "duration": "10it"},
+        "edgepopup": {"density": 0.3}, "iterand": {"density": 0.3, "k_per": 2}}
 
 
 def _run_opts(name, **opts):

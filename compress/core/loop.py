@@ -78,7 +78,11 @@ def fit(model: nn.Module, data, cfg, *, seed: int, hooks: Sequence[Hook] = (),
     """
     steps_per_epoch = max(1, -(-len(data.train) // cfg.batch_size))
     total = parse_duration(duration or cfg.duration).steps(steps_per_epoch)
-    optimizer = make_optimizer(list(params if params is not None else model.parameters()), cfg)
+    optimizer = make_optimizer([p for p in (params if params is not None else model.parameters())
+                                if p.requires_grad], cfg)
+    epochs = -(-total // steps_per_epoch)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+                 if getattr(cfg, "schedule", "constant") == "cosine" else None)
     state = TrainState(model, optimizer, masks, total_steps=total, steps_per_epoch=steps_per_epoch)
     if masks is not None:
         masks.bind(model)
@@ -92,6 +96,8 @@ def fit(model: nn.Module, data, cfg, *, seed: int, hooks: Sequence[Hook] = (),
             row = {"epoch": state.epoch, "step": state.step, "train_loss": state.train_loss,
                    **{f"val_{k}": v for k, v in evaluate(model, data.val).items()}}
             state.epoch += 1
+            if scheduler is not None:
+                scheduler.step()
             for h in hooks:
                 h.on_epoch_end(state, row)
             state.history.append(row)

@@ -35,6 +35,7 @@ class PruneResult:
     masks: MaskSet
     history: list[dict] = field(default_factory=list)  # per-epoch rows of any training
     info: dict = field(default_factory=dict)           # method-specific facts worth recording
+    tensors: dict = field(default_factory=dict)        # name -> {key: tensor}: extra files
 
 
 class MethodParams(BaseModel):

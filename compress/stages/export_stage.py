@@ -29,6 +29,9 @@ def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) 
     if masks is not None:
         apply_masks(model, masks)
     model.eval()
+    seeds = src.record.get("method_info", {}).get("seeds")
+    if seeds is not None:  # a random network: its weights must rebuild from its seeds
+        _verify_seeds(model, seeds, src, masks)
     method = src.record.get("method")
     record_holder: dict = {}
 
@@ -53,6 +56,17 @@ def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) 
     if cfg.export.registry_name:
         record["registered"] = _register(cfg, env, src, record, data)
     return record
+
+
+def _verify_seeds(model, seeds: dict, src: StageInfo, masks) -> None:
+    from compress.export.onnx import ExportError
+    from compress.methods.edgepopup import rebuild
+    redrawn = src.state("redrawn") if src.has("redrawn") else {}
+    params = dict(model.named_parameters())
+    for name, w in rebuild(model, seeds, redrawn, masks).items():
+        if not torch.equal(w, params[name].detach()):
+            raise ExportError(f"{name} in {src.dir} does not match the weights rebuilt from its "
+                              "seeds; the stage folder was altered, re-run the prune stage")
 
 
 def _deployable(cfg: Config, model, masks):

@@ -54,6 +54,10 @@ def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -
         apply_masks(model, result.masks)
         extra = {"method_info": result.info, "dense_metrics": src.record["metrics"]}
         work = _finish(tmp, model, result.masks, src, data, result.history, extra)
+        for key, tensors in result.tensors.items():  # e.g. IteRand's redrawn positions
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / f"{key}.safetensors"))
+            work.files[key] = f"{key}.safetensors"
         if "curve" in result.info:
             plot_curve(result.info["curve"], tmp / "curve.png", name)
             work.files["curve_plot"] = "curve.png"
