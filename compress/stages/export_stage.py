@@ -88,7 +88,7 @@ def _metadata(src: StageInfo, spec: dict, data) -> dict[str, str]:
         "compress.source_run": str(rec.get("run_id")), "compress.source_stage": rec["stage"],
         "compress.method": str(rec.get("method")), "compress.density": f"{rec.get('density', 1.0):.6g}",
         "compress.layer_density": json.dumps(rec.get("layer_density", {})),
-        "compress.kept_features": json.dumps(spec.get("kept_features", "all")),
+        "compress.kept_features": json.dumps(spec.get("input_kept", "all")),
         "compress.dataset": data.name, "compress.input_width": str(int(data.test.x[0].numel())),
     }
 

@@ -221,3 +221,14 @@ def test_unknown_torchvision_model_and_missing_data_root(tmp_path):
                  cwd=tmp_path)
     assert_user_error(r, "MNIST/raw")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_metadata_names_the_kept_features(chain):
+    from compress.export.onnx import onnx_metadata
+    _, _, _, pruned = chain
+    meta = onnx_metadata(pruned["artifacts"]["onnx"])
+    kept = json.loads(meta["compress.kept_features"])
+    assert kept == pruned["stages"]["export"]["structure"]["input_kept"]
+    assert len(kept) == pruned["structure"]["input_features"]["kept"] < 6
+    assert meta["compress.method"] == "cpna" and float(meta["compress.density"]) == pytest.approx(
+        pruned["density"], rel=1e-4)
