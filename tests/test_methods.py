@@ -23,7 +23,8 @@ FAST = {"cpna": {"anneal_epochs": 4, "final_epochs": 1, "output_connections": 5,
         "magnitude": {"density": 0.3, "finetune": "1ep"}, "random": {"density": 0.3, "finetune": "1ep"},
         "imp": {"rounds": 2, "fraction": 0.3}, "oneshot": {"density": 0.3},
         "gmp": {"density": 0.3, "steps": 3, "interval": "2it", "duration": "10it"},
-        "edgepopup": {"density": 0.3}, "iterand": {"density": 0.3, "k_per": 2}}
+        "edgepopup": {"density": 0.3}, "iterand": {"density": 0.3, "k_per": 2},
+        "weedout": {"density": 0.3, "population": 8, "generations": 2, "fitness_batch": 64}}
 
 
 def _run_opts(name, **opts):

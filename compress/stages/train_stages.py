@@ -78,8 +78,9 @@ def _round_logger(env: StageEnv, tmp: Path):
             env.tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                                     step=len(history))
             env.tracker.log_artifacts(folder, "round")
+        shown = [k for k in metrics if k.endswith(("accuracy", "fitness"))][:4]
         env.log(f"  round {index}: density {masks.density():.4f}  " + "  ".join(
-            f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("accuracy")))
+            f"{k} {metrics[k]:.4f}" for k in shown))
     return log
 
 
