@@ -9,6 +9,9 @@ import os
 import pytest
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# Tiny models on 2 shared cores: one intra-op thread each is faster than two fighting
+# (subprocesses inherit it through the environment).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY = {
     "data": {"name": "xor", "k": 2, "p": 6, "n_train": 256, "n_val": 128, "n_test": 128},
