@@ -151,7 +151,8 @@ def _method_defaults(layers: list[dict]) -> dict:
         section = layer.get("method")
         if isinstance(section, dict) and isinstance(section.get("name"), str):
             name = section["name"]
-    return merge(METHODS.get(name).defaults, {"method": {"name": name}})
+    defaults = METHODS.get(name).defaults
+    return {**defaults, "method": {**defaults.get("method", {}), "name": name}}
 
 
 def resolve(*layers: dict, seed: int | None = None) -> Config:

@@ -74,3 +74,12 @@ def test_malformed_yaml(tmp_path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="mapping"):
         load_yaml(lst)
+
+
+def test_method_defaults_may_set_method_options():
+    from compress.registry import METHODS
+    for entry in METHODS.entries():
+        cfg = resolve({"method": {"name": entry.name}})
+        for key, value in entry.defaults.get("method", {}).items():
+            assert cfg.method[key] == value
+    assert resolve({"method": {"name": "iterand", "k_per": 5}}).method["k_per"] == 5
