@@ -24,7 +24,8 @@ FAST = {"cpna": {"anneal_epochs": 4, "final_epochs": 1, "output_connections": 5,
         "imp": {"rounds": 2, "fraction": 0.3}, "oneshot": {"density": 0.3},
         "gmp": {"density": 0.3, "steps": 3, "interval": "2it", "duration": "10it"},
         "edgepopup": {"density": 0.3}, "iterand": {"density": 0.3, "k_per": 2},
-        "weedout": {"density": 0.3, "population": 8, "generations": 2, "fitness_batch": 64}}
+        "weedout": {"density": 0.3, "population": 8, "generations": 2, "fitness_batch": 64},
+        "snip": {"density": 0.3}, "grasp": {"density": 0.3}, "synflow": {"density": 0.3, "rounds": 10}}
 
 
 def _run_opts(name, **opts):
