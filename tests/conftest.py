@@ -13,6 +13,16 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # (subprocesses inherit it through the environment).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """This process too: one intra-op thread (two made the vision tests ~3x slower here)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 TINY = {
     "data": {"name": "xor", "k": 2, "p": 6, "n_train": 256, "n_val": 128, "n_test": 128},
     "model": {"name": "mlp", "hidden": [16]},

@@ -18,15 +18,6 @@ from compress.data.mnist import MNIST_MEAN, MNIST_STD
 from compress.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core box two spinning threads made these tests ~3x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def check_bundle(d, in_shape, sizes):
     assert d.in_shape == in_shape and d.num_classes == 10
     assert (len(d.train), len(d.val), len(d.test)) == sizes

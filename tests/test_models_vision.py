@@ -17,15 +17,6 @@ from compress.registry import MODELS
 VISION = ["lenet300", "conv2", "conv4", "conv6", "resnet20", "resnet18c"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core box two spinning threads made these tests ~3x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
