@@ -202,12 +202,25 @@ def _emit_chain(result: dict, as_json: bool, main: str | None) -> None:
         chain_table(result, main)
 
 
+def _forget_keyboard_interrupt() -> None:
+    """Make `python -m compress` exit 130 after a handled Ctrl-C, as the console script does.
+
+    CPython (3.11/3.12) records "unhandled KeyboardInterrupt" whenever a string exec/eval (which
+    library code runs, e.g. generated functions) ends with one, even if a caller catches it; under
+    `-m`, Py_RunMain then kills the process with SIGINT (exit -2) instead of our code. The flag is
+    reset at the start of every string eval, so one empty eval clears it.
+    """
+    exec("pass", {})  # noqa: S102 - a constant string; see the docstring
+
+
 def main() -> None:
     import os
     try:
         app()
     except (UserError, GateFailed, Interrupted) as e:
         print(e if isinstance(e, Interrupted) else f"error: {e}", file=sys.stderr)
+        if isinstance(e, Interrupted):
+            _forget_keyboard_interrupt()
         sys.exit(e.exit_code)
     except OSError as e:  # unwritable --out, full disk, ...: the environment, not a bug
         if os.environ.get("COMPRESS_DEBUG"):
