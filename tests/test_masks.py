@@ -26,6 +26,26 @@ def test_keep_top_is_exact_under_ties():
     assert int(keep_top(torch.zeros(7), 4).sum()) == 4
 
 
+def _keep_top_by_sort(scores, k):
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[torch.sort(scores.flatten(), descending=True, stable=True).indices[:k]] = True
+    return mask.view_as(scores)
+
+
+@pytest.mark.parametrize("levels", [3, 1000, None], ids=["heavy-ties", "some-ties", "no-ties"])
+def test_keep_top_selection_equals_the_stable_sort(levels):
+    g = torch.Generator().manual_seed(0)
+    for shape in [(37,), (6, 5, 3, 3), (64, 129)]:
+        x = torch.randn(shape, generator=g)
+        if levels:
+            x = torch.randint(0, levels, shape, generator=g).float()
+        n = x.numel()
+        for k in {0, 1, 2, n // 3, n // 2, n - 1, n}:
+            assert torch.equal(keep_top(x, k), _keep_top_by_sort(x, k)), (shape, k)
+    x = torch.tensor([0.1, float("nan"), 0.3, 0.2])
+    assert torch.equal(keep_top(x, 2), _keep_top_by_sort(x, 2))
+
+
 @pytest.mark.parametrize("density", [0.3, 0.07])
 @pytest.mark.parametrize("scope", ["layerwise", "global"])
 def test_select_keeps_exact_counts(density, scope):
