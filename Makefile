@@ -26,6 +26,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/cpna_xor.py
+	$(BIN)/python bench/lth_mnist.py --seeds 3 --iters 2000
+	$(BIN)/python bench/iterand_vs_edgepopup.py --seeds 3 --epochs 5 --widths 0.0625,0.125,0.25,0.5,1.0 --k-per 9
+	$(BIN)/python bench/weedout.py --seeds 3 --model mlp512 --iters 1000
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db .pytest_cache
