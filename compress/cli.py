@@ -33,6 +33,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 FromOpt = Annotated[Optional[str], typer.Option(
     "--from", help="Source: a stage folder or an MLflow run id.")]
 TrackOpt = Annotated[bool, typer.Option("--track/--no-track", help="Log to MLflow.")]
+GateOpt = Annotated[Optional[list[str]], typer.Option(
+    "--gate", help="Quality gate on the JSON summary, e.g. 'metrics.test_accuracy>=0.97' "
+    "(repeatable); a failed gate exits 3.")]
 
 
 class Invocation:
@@ -107,9 +110,12 @@ def prune(method: Annotated[str, typer.Option("--method", "-m", help="A register
           export: Annotated[bool, typer.Option("--export/--no-export",
                                                help="Export the pruned model to ONNX.")] = True,
           register: Annotated[Optional[str], typer.Option(
-              help="Register the exported ONNX model under this name.")] = None) -> None:
+              help="Register the exported ONNX model under this name.")] = None,
+          gate: GateOpt = None) -> None:
     """Prune with a method. Without --from, pretrains first; exports the winner to ONNX."""
+    from compress.gates import parse_gates
     from compress.registry import METHODS
+    gates = parse_gates(gate)
     METHODS.get(method)  # unknown names fail here, listing the valid ones
     extra = {"method": {"name": method}, **({"export": {"registry_name": register}} if register else {})}
     inv = Invocation(config, set_, seed, out, as_json, track, extra=extra)
@@ -119,16 +125,16 @@ def prune(method: Annotated[str, typer.Option("--method", "-m", help="A register
     if export:
         stages.append({"id": "export", "stage": "export", "from": "prune"})
     _run_spec({"name": f"prune-{method}", "stages": stages,
-               "sources": {"source": source} if source else {}}, inv, main="prune")
+               "sources": {"source": source} if source else {}}, inv, main="prune", gates=gates)
 
 
-def _run_spec(spec: dict, inv: Invocation, main: str | None) -> None:
+def _run_spec(spec: dict, inv: Invocation, main: str | None, gates=()) -> None:
     from compress.stages.pipeline import PipelineSpec, run_pipeline
     env = inv.env(base=[spec.get("config", {})])
     with _interruptible():
         result = run_pipeline(PipelineSpec(**spec), env, inv.layers, inv.seed, inv.out,
                               resolve_source=lambda ref: inv.source(ref, env))
-    _emit_chain(result, inv.as_json, main=main)
+    _emit_chain(result, inv.as_json, main=main, gates=gates)
 
 
 @app.command()
@@ -159,12 +165,15 @@ def export_cmd(source: FromOpt = None,
 @pipeline_app.command("run")
 def pipeline_run(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
                  config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
-                 out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True) -> None:
+                 out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True,
+                 gate: GateOpt = None) -> None:
     """Run every stage of a pipeline file under one parent MLflow run."""
+    from compress.gates import parse_gates
     from compress.stages.pipeline import load_pipeline
+    gates = parse_gates(gate)
     spec = load_pipeline(file)
     inv = Invocation(config, set_, seed, out, as_json, track)
-    _run_spec(spec.model_dump(by_alias=True), inv, main=None)
+    _run_spec(spec.model_dump(by_alias=True), inv, main=None, gates=gates)
 
 
 @app.command()
@@ -194,10 +203,32 @@ def _emit(record: dict, as_json: bool) -> None:
         stage_table(record)
 
 
-def _emit_chain(result: dict, as_json: bool, main: str | None) -> None:
-    from compress.report import chain_json, chain_table
+def _emit_chain(result: dict, as_json: bool, main: str | None, gates=()) -> None:
+    """Print the summary; then, if any quality gate failed, exit 3 with one line per gate."""
+    from compress.gates import evaluate, failures
+    from compress.report import chain_json
+    summary = chain_json(result, main)
+    try:
+        checked = evaluate(list(gates), summary) if gates else None
+    except UserError:  # a gate naming a missing value: still show what the run produced
+        _print_summary(result, summary, as_json, main)
+        raise
+    if checked is not None:
+        summary["gates"] = checked
+        summary["gates_passed"] = all(g["passed"] for g in checked)
+    _print_summary(result, summary, as_json, main)
+    if not as_json:
+        for g in checked or []:
+            print(f"gate {'passed' if g['passed'] else 'FAILED'}: {g['gate']} "
+                  f"(value {g['value']:.6g})")
+    if checked and not summary["gates_passed"]:
+        raise GateFailed("\n".join(failures(checked)))
+
+
+def _print_summary(result: dict, summary: dict, as_json: bool, main: str | None) -> None:
+    from compress.report import chain_table
     if as_json:
-        print(json.dumps(chain_json(result, main), default=str))
+        print(json.dumps(summary, default=str))
     else:
         chain_table(result, main)
 
@@ -218,7 +249,7 @@ def main() -> None:
     try:
         app()
     except (UserError, GateFailed, Interrupted) as e:
-        print(e if isinstance(e, Interrupted) else f"error: {e}", file=sys.stderr)
+        print(e if isinstance(e, (Interrupted, GateFailed)) else f"error: {e}", file=sys.stderr)
         if isinstance(e, Interrupted):
             _forget_keyboard_interrupt()
         sys.exit(e.exit_code)

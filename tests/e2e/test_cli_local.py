@@ -250,3 +250,27 @@ def test_onnx_metadata_names_the_kept_features(chain):
     assert len(kept) == pruned["structure"]["input_features"]["kept"] < 6
     assert meta["compress.method"] == "cpna" and float(meta["compress.density"]) == pytest.approx(
         pruned["density"], rel=1e-4)
+
+
+def test_gates_exit_3_with_one_line_per_failed_gate(tmp_path):
+    import json as _json
+    args = ["prune", "--method", "magnitude", "--no-track", "--no-export",
+            *sets(*TINY_SETS, "method.density=0.5"), "--json"]
+    ok = compress(*args, "--gate", "density<=0.5", "--gate", "metrics.test_accuracy>=0",
+                  "--out", "ok", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    summary = _json.loads(ok.stdout)
+    assert summary["gates_passed"] is True and [g["passed"] for g in summary["gates"]] == [True, True]
+    bad = compress(*args, "--gate", "metrics.test_accuracy>=1.01", "--gate", "density<=0.1",
+                   "--gate", "density<=0.9", "--out", "bad", cwd=tmp_path)
+    assert bad.returncode == 3
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("gate failed: metrics.test_accuracy>=1.01")
+    assert "density<=0.1" in lines[1] and "Traceback" not in bad.stderr
+    assert _json.loads(bad.stdout)["gates_passed"] is False  # CI still gets the summary
+
+
+def test_a_malformed_gate_runs_nothing(tmp_path):
+    r = compress("prune", "--no-track", "--gate", "accuracy>>0.9", *sets(*TINY_SETS), cwd=tmp_path)
+    assert_user_error(r, "PATH OP NUMBER")
+    assert list(tmp_path.iterdir()) == []
