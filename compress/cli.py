@@ -33,6 +33,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 FromOpt = Annotated[Optional[str], typer.Option(
     "--from", help="Source: a stage folder or an MLflow run id.")]
 TrackOpt = Annotated[bool, typer.Option("--track/--no-track", help="Log to MLflow.")]
+FreshOpt = Annotated[bool, typer.Option(
+    "--fresh", help="Re-run every stage instead of reusing finished, identical ones.")]
 GateOpt = Annotated[Optional[list[str]], typer.Option(
     "--gate", help="Quality gate on the JSON summary, e.g. 'metrics.test_accuracy>=0.97' "
     "(repeatable); a failed gate exits 3.")]
@@ -111,7 +113,7 @@ def prune(method: Annotated[str, typer.Option("--method", "-m", help="A register
                                                help="Export the pruned model to ONNX.")] = True,
           register: Annotated[Optional[str], typer.Option(
               help="Register the exported ONNX model under this name.")] = None,
-          gate: GateOpt = None) -> None:
+          gate: GateOpt = None, fresh: FreshOpt = False) -> None:
     """Prune with a method. Without --from, pretrains first; exports the winner to ONNX."""
     from compress.gates import parse_gates
     from compress.registry import METHODS
@@ -125,15 +127,16 @@ def prune(method: Annotated[str, typer.Option("--method", "-m", help="A register
     if export:
         stages.append({"id": "export", "stage": "export", "from": "prune"})
     _run_spec({"name": f"prune-{method}", "stages": stages,
-               "sources": {"source": source} if source else {}}, inv, main="prune", gates=gates)
+               "sources": {"source": source} if source else {}}, inv, main="prune", gates=gates,
+              fresh=fresh)
 
 
-def _run_spec(spec: dict, inv: Invocation, main: str | None, gates=()) -> None:
+def _run_spec(spec: dict, inv: Invocation, main: str | None, gates=(), fresh: bool = False) -> None:
     from compress.stages.pipeline import PipelineSpec, run_pipeline
     env = inv.env(base=[spec.get("config", {})])
     with _interruptible():
         result = run_pipeline(PipelineSpec(**spec), env, inv.layers, inv.seed, inv.out,
-                              resolve_source=lambda ref: inv.source(ref, env))
+                              resolve_source=lambda ref: inv.source(ref, env), fresh=fresh)
     _emit_chain(result, inv.as_json, main=main, gates=gates)
 
 
@@ -166,14 +169,39 @@ def export_cmd(source: FromOpt = None,
 def pipeline_run(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
                  config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
                  out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True,
-                 gate: GateOpt = None) -> None:
-    """Run every stage of a pipeline file under one parent MLflow run."""
+                 gate: GateOpt = None, fresh: FreshOpt = False) -> None:
+    """Run every stage of a pipeline file under one parent MLflow run.
+
+    Re-running the same command reuses stages that finished with the same config and inputs
+    (files checked against their sha256) and resumes the same parent run.
+    """
     from compress.gates import parse_gates
     from compress.stages.pipeline import load_pipeline
     gates = parse_gates(gate)
     spec = load_pipeline(file)
     inv = Invocation(config, set_, seed, out, as_json, track)
-    _run_spec(spec.model_dump(by_alias=True), inv, main=None, gates=gates)
+    _run_spec(spec.model_dump(by_alias=True), inv, main=None, gates=gates, fresh=fresh)
+
+
+@pipeline_app.command("status")
+def pipeline_status(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
+                    config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
+                    out: OutOpt = None, as_json: JsonOpt = False) -> None:
+    """Each stage of a pipeline: done / stale / missing, with its run id (nothing runs)."""
+    from compress.stages.pipeline import load_pipeline, status_rows
+    from compress.stages.runner import DEFAULT_ROOT
+    spec = load_pipeline(file)
+    inv = Invocation(config, set_, seed, out, as_json, track=False)
+    root = out or DEFAULT_ROOT / spec.name
+    env = inv.env(base=[spec.config])
+    rows = status_rows(spec, inv.layers, inv.seed, root, lambda ref: inv.source(ref, env))
+    if as_json:
+        print(json.dumps({"pipeline": spec.name, "root": str(root), "stages": rows}))
+        return
+    width = max(len(r["id"]) for r in rows)
+    for r in rows:
+        print(f"{r['id']:<{width}}  {r['stage']:<8}  {r['status']:<7}  {r['run_id'] or '-':<32}  "
+              f"{r['dir']}")
 
 
 @app.command()

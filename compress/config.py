@@ -85,9 +85,12 @@ class Config(Strict):
     def dump(self) -> dict:
         return self.model_dump(mode="json")
 
-    def digest(self, *extra: str) -> str:
-        """Stable hash of this config plus the identities of its inputs."""
-        blob = json.dumps([self.dump(), *extra], sort_keys=True, default=str)
+    def digest(self, *extra: str, sections: tuple[str, ...] | None = None) -> str:
+        """Stable hash of this config (or of some of its sections) plus its inputs' identities."""
+        body = self.dump()
+        if sections is not None:
+            body = {k: body[k] for k in sections}
+        blob = json.dumps([body, *extra], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 

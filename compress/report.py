@@ -14,6 +14,7 @@ def _artifacts(record: dict) -> dict[str, str]:
 def stage_json(record: dict) -> dict:
     out = {k: record.get(k) for k in ("run_id", "stage", "method", "metrics", "density")}
     out["artifacts"] = _artifacts(record)
+    out["reused"] = bool(record.get("reused"))  # a resumed pipeline's finished stage
     for key in ("registered", "structure", "dense_metrics", "mode", "curve"):
         if key in record:
             out[key] = record[key]

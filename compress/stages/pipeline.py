@@ -15,15 +15,17 @@ and the command line's --config/--set/--seed, so data and model follow the sourc
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compress.config import format_validation, load_yaml, resolve
 from compress.errors import UserError
-from compress.stages.artifacts import StageInfo
-from compress.stages.runner import StageEnv
+from compress.stages.artifacts import STAGE_FILE, StageInfo, read_stage
+from compress.stages.runner import StageEnv, identity
 
 StageName = Literal["pretrain", "prune", "retrain", "export"]
 
@@ -69,25 +71,150 @@ def load_pipeline(path: Path) -> PipelineSpec:
         raise UserError(f"{path}: " + format_validation(e)) from None
 
 
+@dataclass
+class Planned:
+    """A stage as the pipeline will run it: its resolved config, identity and folder."""
+
+    spec: StageSpec
+    cfg: Any
+    id: str
+    out: Path
+
+
+def plan(spec: PipelineSpec, layers: list[dict], seed: int | None, root: Path,
+         sources: dict[str, StageInfo]) -> list[Planned]:
+    """Resolve every stage's config and identity before anything runs.
+
+    A stage's identity hashes its resolved config and its source's identity, so the whole
+    chain's identities follow from the configs alone: a resumed run can tell which finished
+    folders are still valid without running anything.
+    """
+    ids = {sid: info.id for sid, info in sources.items()}
+    configs = {sid: info.record["config"] for sid, info in sources.items()}
+    out = []
+    for s in spec.stages:
+        base = [configs[s.from_]] if s.from_ else []
+        cfg = resolve(*base, spec.config, s.set, *layers, seed=seed)
+        ids[s.id] = identity(s.stage, cfg, ids[s.from_] if s.from_ else "")
+        configs[s.id] = cfg.dump()
+        out.append(Planned(s, cfg, ids[s.id], root / s.id))
+    return out
+
+
+def stage_status(p: Planned) -> tuple[str, StageInfo | None]:
+    """done (intact, same identity) | stale (different config or corrupted) | missing."""
+    if not (p.out / STAGE_FILE).is_file():
+        return "missing", None
+    try:
+        info = read_stage(p.out)
+    except UserError:
+        return "stale", None
+    return ("done", info) if info.id == p.id else ("stale", info)
+
+
 def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: int | None,
-                 out: Path | None = None, resolve_source=None) -> dict:
+                 out: Path | None = None, resolve_source=None, fresh: bool = False) -> dict:
     """Run every stage in order; returns {"run_id", "stages": {id: record}}.
 
     `resolve_source(ref) -> StageInfo` turns a `sources` entry into a stage (folder or run id).
+    Stages whose folder under the pipeline's root is intact and has the same identity are
+    reused (unless `fresh`), and the pipeline's MLflow parent run is resumed, so a killed
+    pipeline re-run with the same command continues where it stopped.
     """
     root = Path(out) if out else env.root / spec.name
-    for s in spec.stages:  # every stage's config is checked before anything runs
-        resolve(spec.config, s.set, *layers, seed=seed)
     infos = {sid: resolve_source(ref) for sid, ref in spec.sources.items()} if spec.sources else {}
+    stages = plan(spec, layers, seed, root, infos)  # every config is checked before anything runs
     records: dict[str, dict] = {}
-    with env.tracker.run(spec.name, tags={"compress.pipeline": spec.name}) as parent:
-        for s in spec.stages:
-            src = infos.get(s.from_) if s.from_ else None
-            base = [src.record["config"]] if src else []
-            cfg = resolve(*base, spec.config, s.set, *layers, seed=seed)
-            records[s.id] = run_one(s.stage, cfg, env, src, root / s.id)
-            infos[s.id] = StageInfo(Path(records[s.id]["out_dir"]), records[s.id])
+    new_root = not root.exists() or not any(root.iterdir())
+    with pipeline_lock(root), _removed_if_nothing_finished(root, records, new_root):
+        _drop_unfinished(root, stages)
+        state = _load_state(root, spec.name, env) if not fresh else None
+        with env.tracker.run(spec.name, tags={"compress.pipeline": spec.name},
+                             run_id=state) as parent:
+            _save_state(root, spec.name, env, parent)
+            if state:
+                env.tracker.end_stale_children(parent)
+            for p in stages:
+                src = infos.get(p.spec.from_) if p.spec.from_ else None
+                status, done = stage_status(p) if not fresh else ("missing", None)
+                if status == "done":
+                    env.log(f"{p.spec.id}: reused {p.out} (same config and inputs, files intact)")
+                    records[p.spec.id] = {**done.record, "out_dir": str(p.out), "reused": True}
+                else:
+                    records[p.spec.id] = run_one(p.spec.stage, p.cfg, env, src, p.out)
+                infos[p.spec.id] = StageInfo(Path(records[p.spec.id]["out_dir"]), records[p.spec.id])
     return {"run_id": parent, "pipeline": spec.name, "stages": records}
+
+
+def status_rows(spec: PipelineSpec, layers: list[dict], seed: int | None, root: Path,
+                resolve_source) -> list[dict]:
+    infos = {sid: resolve_source(ref) for sid, ref in spec.sources.items()} if spec.sources else {}
+    rows = []
+    for p in plan(spec, layers, seed, root, infos):
+        status, info = stage_status(p)
+        rows.append({"id": p.spec.id, "stage": p.spec.stage, "status": status, "dir": str(p.out),
+                     "run_id": info.record.get("run_id") if info else None, "identity": p.id[:12]})
+    return rows
+
+
+STATE_FILE = "pipeline.json"
+
+
+def _load_state(root: Path, name: str, env: StageEnv) -> str | None:
+    """The parent run to resume: the one this root's last run used, in the same store."""
+    import json
+    try:
+        state = json.loads((root / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("pipeline") != name or state.get("tracking") != env.tracker.describe():
+        return None
+    run_id = state.get("run_id")
+    return run_id if run_id and env.tracker.exists(run_id) else None
+
+
+def _save_state(root: Path, name: str, env: StageEnv, run_id: str) -> None:
+    import json
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps({"pipeline": name, "run_id": run_id,
+                               "tracking": env.tracker.describe()}))
+    tmp.replace(root / STATE_FILE)
+
+
+def _drop_unfinished(root: Path, stages: list[Planned]) -> None:
+    """Staging folders a killed process left behind (safe: we hold the root's lock)."""
+    import shutil
+    for p in stages:
+        for tmp in root.glob(f".{p.out.name}.*"):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _removed_if_nothing_finished(root: Path, records: dict, new_root: bool) -> Iterator[None]:
+    """A pipeline that fails before its first stage finishes leaves no root folder behind."""
+    try:
+        yield
+    except BaseException:
+        if new_root and not records:
+            import shutil
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def pipeline_lock(root: Path) -> Iterator[None]:
+    """One process per pipeline root: a second one would race on the same stage folders."""
+    import fcntl
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another compress process is running a pipeline in {root}; wait for "
+                            "it or use a different --out") from None
+        yield
 
 
 def run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | None) -> dict:

@@ -72,8 +72,22 @@ def split_metrics(model: nn.Module, data) -> dict[str, float]:
     return out
 
 
+# The config sections each stage reads: its identity hashes only these (plus its source's
+# identity), so changing a prune option does not invalidate a finished pretrain.
+STAGE_INPUTS = {
+    "pretrain": ("seed", "data", "model", "train"),
+    "prune": ("seed", "data", "model", "train", "method"),
+    "retrain": ("seed", "data", "model", "train", "retrain"),
+    "export": ("seed", "data", "model", "export"),
+}
+
+
+def identity(stage: str, cfg: Config, source_id: str = "") -> str:
+    return cfg.digest(stage, source_id, sections=STAGE_INPUTS[stage])
+
+
 def stage_id(stage: str, cfg: Config, src: StageInfo | None) -> str:
-    return cfg.digest(stage, src.id if src else "")
+    return identity(stage, cfg, src.id if src else "")
 
 
 def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Work], *,

@@ -43,6 +43,12 @@ class Tracker(Protocol):
     def describe(self) -> str:
         """Where runs go, for the summary line (e.g. the tracking URI)."""
 
+    def exists(self, run_id: str) -> bool:
+        """Whether this store has the run (a resumed pipeline reopens its parent run)."""
+
+    def end_stale_children(self, parent_run_id: str) -> None:
+        """Mark child runs still RUNNING (their process was killed) as KILLED."""
+
 
 class NullTracker:
     """Tracking off: runs get local ids, nothing is logged."""
@@ -80,3 +86,9 @@ class NullTracker:
 
     def describe(self) -> str:
         return "tracking off"
+
+    def exists(self, run_id: str) -> bool:
+        return run_id.startswith("local-")
+
+    def end_stale_children(self, parent_run_id: str) -> None:
+        pass

@@ -491,3 +491,24 @@ class MlflowTracker:
 
     def describe(self) -> str:
         return self.uri
+
+    def exists(self, run_id: str) -> bool:
+        self._activate()
+        try:
+            self._client.get_run(run_id)
+        except self._MlflowException as exc:
+            if exc.error_code in _NOT_FOUND_CODES:
+                return False
+            raise
+        return True
+
+    def end_stale_children(self, parent_run_id: str) -> None:
+        self._activate()
+        experiment = self._client.get_run(parent_run_id).info.experiment_id
+        runs = self._client.search_runs(
+            [experiment], max_results=1000,
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+                          "attributes.status = 'RUNNING'")
+        for run in runs:
+            if run.info.run_id not in self._stack:
+                self._client.set_terminated(run.info.run_id, status="KILLED")
