@@ -22,6 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Find sparse sub-networks, track them in MLflow, ship them as ONNX.")
 pipeline_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Run staged pipelines from YAML.")
 app.add_typer(pipeline_app, name="pipeline")
+registry_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                           help="The MLflow model registry: list, show, promote, compare.")
+app.add_typer(registry_app, name="registry")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
@@ -215,6 +218,75 @@ def methods(as_json: JsonOpt = False) -> None:
     width = max(len(e.name) for e in entries)
     for e in entries:
         print(f"{e.name:<{width}}  {e.summary}")
+
+
+# ------------------------------------------------------------------ registry
+def _registry():
+    from compress.tracking.registry import Registry
+    return Registry()
+
+
+def _print_rows(rows: list[dict], columns: list[str], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("-" if r.get(c) is None else str(r.get(c)) for c in columns))
+    Console().print(t)
+
+
+@registry_app.command("list")
+def registry_list(as_json: JsonOpt = False) -> None:
+    """Registered models: versions, latest version, aliases."""
+    models = _registry().models()
+    if as_json:
+        print(json.dumps(models))
+        return
+    _print_rows([{**m, "aliases": ", ".join(f"{a}→v{v}" for a, v in m["aliases"].items())}
+                 for m in models], ["name", "versions", "latest", "aliases"], "registered models")
+
+
+@registry_app.command("show")
+def registry_show(name: Annotated[str, typer.Argument(help="Registered model name.")],
+                  as_json: JsonOpt = False) -> None:
+    """A model's versions with their aliases, lineage tags and metrics."""
+    info = _registry().show(name)
+    if as_json:
+        print(json.dumps(info))
+        return
+    keys = ("method", "density", "dataset", "metric.test_accuracy", "metric.test_auc", "source_run")
+    rows = [{"version": v["version"], "aliases": ", ".join(v["aliases"]),
+             **{k: v["tags"].get(k) for k in keys}} for v in info["versions"]]
+    _print_rows(rows, ["version", "aliases", *keys], name)
+
+
+@registry_app.command("promote")
+def registry_promote(name: Annotated[str, typer.Argument(help="Registered model name.")],
+                     version: Annotated[str, typer.Argument(help="Version number.")],
+                     alias: Annotated[str, typer.Option(help="Alias to point at the version.")] = "champion",
+                     as_json: JsonOpt = False) -> None:
+    """Point an alias (default `champion`) at a version."""
+    out = _registry().promote(name, version, alias)
+    if as_json:
+        print(json.dumps(out))
+    else:
+        was = f" (was v{out['previous']})" if out["previous"] else ""
+        print(f"{name}@{alias} -> v{out['version']}{was}")
+
+
+@registry_app.command("compare")
+def registry_compare(name: Annotated[str, typer.Argument(help="Registered model name.")],
+                     v1: Annotated[str, typer.Argument(help="First version.")],
+                     v2: Annotated[str, typer.Argument(help="Second version.")],
+                     as_json: JsonOpt = False) -> None:
+    """Two versions side by side: lineage tags, metrics, size, latency."""
+    out = _registry().compare(name, v1, v2)
+    if as_json:
+        print(json.dumps(out))
+        return
+    _print_rows(out["rows"], ["key", *out["versions"]], f"{name}: v{v1} vs v{v2}")
 
 
 def _require(value: str | None, stage: str) -> None:

@@ -159,3 +159,53 @@ def test_imp_through_the_cli_logs_rounds_plot_and_onnx(tmp_path, monkeypatch):
         assert "round/masks.safetensors" in {a.path for a in client.list_artifacts(r.info.run_id, "round")}
         assert "ticket_test_accuracy" in r.data.metrics
     assert "stage/curve.png" in {a.path for a in client.list_artifacts(out["run_id"], "stage")}
+
+
+@pytest.fixture(scope="module")
+def reg_model(local_run):
+    """Two versions of `reg-model`, exported from the same prune run."""
+    root, out, uri = local_run
+    for i in (1, 2):
+        compress_json("export", "--from", out["run_id"], "--register", "reg-model", "--out",
+                      f"reg{i}", *TINY, cwd=root, env={"MLFLOW_TRACKING_URI": uri})
+    return local_run
+
+
+def test_registry_list_show_promote_compare(reg_model):
+    root, out, uri = reg_model
+    env = {"MLFLOW_TRACKING_URI": uri}
+    models = {m["name"]: m for m in compress_json("registry", "list", cwd=root, env=env)}
+    assert models["reg-model"]["versions"] == 2 and models["reg-model"]["latest"] == 2
+    assert models["reg-model"]["aliases"] == {"candidate": "2"}
+
+    promoted = compress_json("registry", "promote", "reg-model", "1", "--alias", "champion",
+                             cwd=root, env=env)
+    assert promoted == {"name": "reg-model", "alias": "champion", "version": "1", "previous": None}
+    again = compress_json("registry", "promote", "reg-model", "2", "--alias", "champion",
+                          cwd=root, env=env)
+    assert again["previous"] == "1"
+    assert str(_client(uri).get_model_version_by_alias("reg-model", "champion").version) == "2"
+
+    shown = compress_json("registry", "show", "reg-model", cwd=root, env=env)
+    assert [v["aliases"] for v in shown["versions"]] == [[], ["candidate", "champion"]]
+    assert all(v["tags"]["method"] == "cpna" and v["tags"]["source_run"] == out["run_id"]
+               for v in shown["versions"])
+
+    cmp = compress_json("registry", "compare", "reg-model", "1", "2", cwd=root, env=env)
+    rows = {r["key"]: r for r in cmp["rows"]}
+    assert rows["method"]["1"] == rows["method"]["2"] == "cpna"
+    assert rows["run.onnx_bytes"]["1"] > 0 and "run.onnx_test_accuracy" in rows
+    table = compress("registry", "compare", "reg-model", "1", "2", cwd=root, env=env)
+    assert table.returncode == 0 and "run.onnx_bytes" in table.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["show", "nope"], ["no registered model 'nope'", "reg-model"]),
+    (["promote", "reg-model", "9"], ["no version '9'", "versions: 1, 2"]),
+    (["promote", "reg-model", "1", "--alias", "v2"], ["invalid model alias"]),
+    (["compare", "reg-model", "1", "x"], ["no version 'x'"]),
+])
+def test_registry_mistakes_are_one_line(reg_model, args, words):
+    root, _, uri = reg_model
+    r = compress("registry", *args, cwd=root, env={"MLFLOW_TRACKING_URI": uri})
+    assert_user_error(r, *words)
