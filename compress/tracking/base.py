@@ -31,8 +31,9 @@ class Tracker(Protocol):
     def set_tags(self, tags: dict[str, str]) -> None: ...
 
     def register_onnx(self, onnx_path: Path, name: str, *, tags: dict[str, str],
-                      alias: str, input_example=None) -> dict:
-        """Log the ONNX model with mlflow.onnx, register a version, tag it, set the alias."""
+                      alias: str, input_example=None, providers: list[str] | None = None) -> dict:
+        """Log the ONNX model with mlflow.onnx (recording its execution providers), register a
+        version, tag it, set the alias."""
 
     def check_register(self, name: str, alias: str) -> None:
         """Refuse a registration that would fail (bad name/alias, no registry) before any work."""
@@ -76,7 +77,8 @@ class NullTracker:
         raise UserError("--register needs the MLflow registry; drop --no-track "
                         "(or tracking.enabled: false)")
 
-    def register_onnx(self, onnx_path, name, *, tags, alias, input_example=None) -> dict:
+    def register_onnx(self, onnx_path, name, *, tags, alias, input_example=None,
+                      providers=None) -> dict:
         self.check_register(name, alias)
         return {}
 

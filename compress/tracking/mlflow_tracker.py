@@ -390,8 +390,11 @@ class MlflowTracker:
         check_alias(alias)
 
     def register_onnx(self, onnx_path: Path, name: str, *, tags: dict[str, str],
-                      alias: str, input_example=None) -> dict:
+                      alias: str, input_example=None, providers: list[str] | None = None) -> dict:
         """Log the ONNX model under the active run, register a version, tag it, set the alias.
+
+        `providers` are the onnxruntime execution providers recorded in the MLmodel file
+        (what a deployment loads it with); default: the CPU provider only.
 
         Nothing half-registered remains on failure: the new version (and the registered
         model, if this call created it) is deleted before the error propagates.
@@ -402,7 +405,7 @@ class MlflowTracker:
         if not onnx_path.is_file():
             raise UserError(f"ONNX file {onnx_path} does not exist")
         run_id = self._current()
-        info = self._log_onnx(onnx_path, input_example)
+        info = self._log_onnx(onnx_path, input_example, providers)
         version_tags = {clean_key(k): str(v) for k, v in tags.items()}
         created_model = self._ensure_registered_model(name)
         version = None
@@ -419,16 +422,16 @@ class MlflowTracker:
         return {"name": name, "version": int(version), "alias": alias,
                 "model_uri": f"models:/{name}@{alias}", "model_id": info.model_id}
 
-    def _log_onnx(self, onnx_path: Path, input_example):
+    def _log_onnx(self, onnx_path: Path, input_example, providers: list[str] | None):
         import onnx
 
         self._activate()
         model = onnx.load(str(onnx_path))
-        # CPU provider only: the default list names CUDA and warns where it is missing.
+        # Explicit providers: mlflow's default list names CUDA and warns where it is missing.
         return self._mlflow.onnx.log_model(
             model, name=MODEL_ARTIFACT_NAME, input_example=input_example,
             pip_requirements=[_pinned("onnxruntime"), _pinned("onnx")],
-            onnx_execution_providers=["CPUExecutionProvider"])
+            onnx_execution_providers=list(providers or ["CPUExecutionProvider"]))
 
     def _ensure_registered_model(self, name: str) -> bool:
         """Create the registered model if missing; True if this call created it."""
