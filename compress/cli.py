@@ -208,6 +208,74 @@ def pipeline_status(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")]
 
 
 @app.command()
+def sweep(file: Annotated[Path, typer.Argument(help="Sweep YAML (grid of methods, densities, "
+                                                "seeds, any config key).")],
+          workers: Annotated[int, typer.Option(min=1, help="Local worker processes for the cells.")] = 1,
+          config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
+          out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True,
+          fresh: FreshOpt = False) -> None:
+    """Run a grid of prune cells over one shared pretrain; each cell is a tracked run."""
+    from compress.sweep import load_sweep, run_sweep
+    spec = load_sweep(file)
+    inv = Invocation(config, set_, seed, out, as_json, track)
+    env = inv.env(base=[spec.config])
+    with _interruptible():
+        result = run_sweep(spec, env, inv.layers, inv.seed, inv.out, workers=workers, fresh=fresh,
+                           track=not isinstance(env.tracker, _null_tracker()),
+                           experiment=inv.config().tracking.experiment)
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    keys = [k for k in spec.grid]
+    shown = ("test_accuracy", "test_auc")
+    rows = [{**{k: r["cell"][k] for k in keys},
+             **{m: f"{v:.4f}" for m, v in r["metrics"].items() if m in shown},
+             "kept": f"{r['metrics']['density']:.4f}", "reused": "yes" if r["reused"] else ""}
+            for r in result["rows"]]
+    cols = [*keys, *[c for c in shown if rows and c in rows[0]], "kept", "reused"]
+    _print_rows(rows, cols, f"sweep {spec.name}: {len(rows)} cells")
+    print(f"results  {Path(result['root']) / 'results.json'}\nsweep run id  {result['run_id']}")
+
+
+def _null_tracker():
+    from compress.tracking.base import NullTracker
+    return NullTracker
+
+
+@app.command()
+def report(sweep_name: Annotated[Optional[str], typer.Option(
+               "--sweep", help="Sweep name: read its cells from MLflow.")] = None,
+           source: Annotated[Optional[Path], typer.Option(
+               "--from", help="A sweep's output folder (its results.json), instead of MLflow.")] = None,
+           metric: Annotated[Optional[str], typer.Option(
+               help="Metric to report (default test_auc for binary tasks, else test_accuracy).")] = None,
+           out: OutOpt = None, as_json: JsonOpt = False) -> None:
+    """Mean ± 95% CI per method and density over a sweep's seeds: Markdown, JSON and a plot."""
+    from compress.sweep_report import rows_from_folder, rows_from_mlflow, write_report
+    if (sweep_name is None) == (source is None):
+        raise UserError("give exactly one of --sweep NAME (MLflow) or --from SWEEP_DIR")
+    parent, tracker = None, None
+    if source is not None:
+        name, rows = rows_from_folder(source)
+    else:
+        from compress.tracking import make_tracker
+        tracker = make_tracker(True, Invocation(None, None, None, None, False, True).config().tracking.experiment)
+        name = sweep_name
+        parent, rows = rows_from_mlflow(tracker, sweep_name)
+    result = write_report(name, rows, metric, Path(out) if out else Path("reports") / name)
+    if tracker is not None and parent is not None:
+        with tracker.run("report", run_id=parent):
+            tracker.log_artifacts(Path(result["files"]["markdown"]).parent, "report")
+        result["logged_to"] = parent
+    if as_json:
+        print(json.dumps(result))
+        return
+    print(Path(result["files"]["markdown"]).read_text())
+    for kind, path in result["files"].items():
+        print(f"{kind:<9} {path}")
+
+
+@app.command()
 def methods(as_json: JsonOpt = False) -> None:
     """List the registered pruning methods."""
     from compress.registry import METHODS

@@ -113,7 +113,8 @@ def stage_status(p: Planned) -> tuple[str, StageInfo | None]:
 
 
 def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: int | None,
-                 out: Path | None = None, resolve_source=None, fresh: bool = False) -> dict:
+                 out: Path | None = None, resolve_source=None, fresh: bool = False,
+                 tags: dict[str, str] | None = None) -> dict:
     """Run every stage in order; returns {"run_id", "stages": {id: record}}.
 
     `resolve_source(ref) -> StageInfo` turns a `sources` entry into a stage (folder or run id).
@@ -129,7 +130,7 @@ def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: in
     with pipeline_lock(root), _removed_if_nothing_finished(root, records, new_root):
         _drop_unfinished(root, stages)
         state = _load_state(root, spec.name, env) if not fresh else None
-        with env.tracker.run(spec.name, tags={"compress.pipeline": spec.name},
+        with env.tracker.run(spec.name, tags={"compress.pipeline": spec.name, **(tags or {})},
                              run_id=state) as parent:
             _save_state(root, spec.name, env, parent)
             if state:
