@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from compress.core.schedules import DurationStr
 
@@ -55,6 +55,38 @@ class ExportConfig(Strict):
     opset: int | None = None
     registry_name: str | None = Field(None, description="register the ONNX model under this name")
     alias: str = "candidate"
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="onnxruntime execution providers recorded for deployment (ONNX metadata, "
+                    "MLflow model); checks here always run on the CPU provider")
+    precision: Literal["fp32", "fp16", "int8-dynamic", "int8-static"] = Field(
+        "fp32", description="precision of the deployed model.onnx (fp32 kept as model.fp32.onnx)")
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="refuse a reduced-precision model whose onnxruntime test "
+                                      "accuracy is lower than the fp32 model's by more than this")
+    calibration_batches: int = Field(8, ge=1, description="int8-static: training-split batches")
+    calibration_batch_size: int = Field(32, ge=1)
+    benchmark: bool = Field(True, description="time dense vs shrunk (vs reduced) with onnxruntime")
+    latency_rounds: int = Field(30, ge=1, description="timed round-robin runs per model and batch")
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _one_provider(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # --set export.providers=NAME
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        if value == ["CPUExecutionProvider"]:  # the default: no onnxruntime import needed
+            return value
+        try:
+            from compress.export.precision import check_providers
+        except ImportError:
+            raise ValueError("execution providers need onnxruntime (the `export` extra)") from None
+        try:
+            return check_providers(value)
+        except UserError as e:
+            raise ValueError(str(e)) from None
 
 
 class TrackingConfig(Strict):

@@ -15,7 +15,8 @@ def stage_json(record: dict) -> dict:
     out = {k: record.get(k) for k in ("run_id", "stage", "method", "metrics", "density")}
     out["artifacts"] = _artifacts(record)
     out["reused"] = bool(record.get("reused"))  # a resumed pipeline's finished stage
-    for key in ("registered", "structure", "dense_metrics", "mode", "curve"):
+    for key in ("registered", "structure", "dense_metrics", "mode", "curve", "export_table",
+                "deployment"):
         if key in record:
             out[key] = record[key]
     return out
@@ -35,6 +36,9 @@ def chain_json(result: dict, main: str | None) -> dict:
     export = next((r for r in stages.values() if r["stage"] == "export"), None)
     if export is not None:
         out["export_metrics"] = export["metrics"]
+        for key in ("export_table", "deployment"):
+            if key in export:
+                out[key] = export[key]
         if "registered" in export:
             out["registered"] = export["registered"]
     return out
@@ -77,8 +81,44 @@ def stage_table(record: dict, dense: dict | None = None) -> None:
     t.add_row("density", *(["1.0000"] if dense else []), _fmt(record.get("density")))
     console = Console()
     console.print(t)
+    export_details(console, record)
     console.print(f"output  {record['out_dir']}")
     console.print(f"run id  {record['run_id']}  ({record.get('tracking')})")
+
+
+def export_details(console, record: dict) -> None:
+    """The export table (dense vs shrunk vs reduced precision) and where it can be deployed."""
+    from rich.table import Table
+
+    from compress.export.bench_table import LABELS, cell
+    table, dep = record.get("export_table"), record.get("deployment")
+    if not table:
+        return
+    t = Table(title="export: dense vs shrunk" + (f" vs {dep['precision']}" if dep and
+                                                 dep["precision"] != "fp32" else ""))
+    t.add_column("")
+    for col in table["columns"]:
+        t.add_column(col, justify="right")
+    for row, values in table["rows"].items():
+        t.add_row(LABELS.get(row, row), *(cell(row, v) for v in values))
+    console.print(t)
+    timing = table.get("timing")
+    if timing:
+        console.print(f"latency: median of {timing['rounds']} round-robin runs "
+                      f"({timing['provider']}, {timing['intra_op_threads']} threads)")
+    if dep:
+        m = record["metrics"]
+        if dep["precision"] != "fp32":
+            speed = ", ".join(f"b={b} x{m[k]:.2f}" for b in (1, 16)
+                              if (k := f"precision_speedup_b{b}") in m)
+            console.print(f"{dep['precision']}: test accuracy change "
+                          f"{m['precision_accuracy_change']:+.4f} vs fp32"
+                          + (f", speedup {speed}" if speed else ""))
+        missing = dep.get("unavailable_here") or []
+        console.print(f"providers  {', '.join(dep['providers'])}")
+        console.print(f"checks ran on {dep['checked_on']}" + (
+            f"; not available here (recorded for deployment): {', '.join(missing)}"
+            if missing else ""))
 
 
 def chain_table(result: dict, main: str | None) -> None:
@@ -96,8 +136,12 @@ def chain_table(result: dict, main: str | None) -> None:
     if export is not None:
         onnx = Path(export["out_dir"]) / export["files"]["onnx"]
         m = export["metrics"]
-        console.print(f"ONNX    {onnx}  ({int(m['onnx_bytes']):,} bytes, parity rel. error "
-                      f"{m['parity_rel_error']:.2e})")
+        precision = (export.get("deployment") or {}).get("precision", "fp32")
+        console.print(f"ONNX    {onnx}  ({'' if precision == 'fp32' else precision + ', '}"
+                      f"{int(m['onnx_bytes']):,} bytes, {'' if precision == 'fp32' else 'fp32 '}"
+                      f"parity rel. error {m['parity_rel_error']:.2e})")
+        if head is not export:
+            export_details(console, export)
         if "registered" in export:
             r = export["registered"]
             console.print(f"registry  {r['name']} version {r['version']} @{r['alias']}")

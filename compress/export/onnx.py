@@ -43,7 +43,7 @@ class ExportError(UserError):
 
 
 @contextlib.contextmanager
-def _silenced() -> Iterator[io.StringIO]:
+def silenced() -> Iterator[io.StringIO]:
     """Swallow the exporters' prints, warnings and log records; yields what was printed."""
     buf = io.StringIO()
     loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
@@ -90,7 +90,7 @@ def _run_exporter(model: nn.Module, example: torch.Tensor, dest: Path, opset: in
     was_training = model.training
     model.eval()
     try:
-        with _silenced():
+        with silenced():
             torch.onnx.export(model, (example,), str(dest), **kwargs)
     finally:
         model.train(was_training)
@@ -100,7 +100,8 @@ def _metadata_value(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
-def _write_metadata(path: Path, metadata: dict) -> None:
+def write_metadata(path: Path, metadata: dict) -> None:
+    """Merge `metadata` into the file's metadata_props (non-string values as JSON)."""
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
     props.update({str(k): _metadata_value(v) for k, v in metadata.items()})
@@ -127,7 +128,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path,
         _run_exporter(model, _example_for(model, example), tmp, opset, exporter)
         onnx.checker.check_model(str(tmp), full_check=True)
         if metadata:
-            _write_metadata(tmp, metadata)
+            write_metadata(tmp, metadata)
         os.replace(tmp, path)
     except ExportError:
         raise
@@ -214,14 +215,29 @@ def ort_latency(path: Path, batch: int, in_features: int | Sequence[int], repeat
                 threads: int = 2, warmup: int = 5,
                 providers: Sequence[str] | None = None) -> float:
     """Median seconds of one onnxruntime run on a random batch (in_features: width or shape)."""
-    session = ort_session(path, threads=threads, providers=providers)
+    return ort_latencies([path], batch, in_features, repeats=repeats, threads=threads,
+                         warmup=warmup, providers=providers)[0]
+
+
+def ort_latencies(paths: Sequence[Path], batch: int, in_features: int | Sequence[int],
+                  repeats: int = 50, threads: int = 2, warmup: int = 5,
+                  providers: Sequence[str] | None = None) -> list[float]:
+    """Median seconds of one run of each model on the same random batch, timed round-robin.
+
+    Every round runs each model once, in turn: a slow spell of the (shared) machine then hits
+    all models alike instead of whichever happened to be timed at that moment.
+    """
+    sessions = [ort_session(p, threads=threads, providers=providers) for p in paths]
     shape = (in_features,) if isinstance(in_features, int) else tuple(in_features)
-    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(_input_dtype(session))
-    for _ in range(warmup):
-        _run(session, x)
-    times = []
+    x = np.random.default_rng(0).standard_normal((batch, *shape))
+    feeds = [x.astype(_input_dtype(s)) for s in sessions]
+    for s, xs in zip(sessions, feeds):
+        for _ in range(warmup):
+            _run(s, xs)
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        _run(session, x)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for s, xs, ts in zip(sessions, feeds, times):
+            t0 = time.perf_counter()
+            _run(s, xs)
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]

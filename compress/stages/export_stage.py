@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 from pathlib import Path
 
 import torch
 
 from compress.config import Config
 from compress.core.masking import apply_masks
-from compress.core.metrics import classification_metrics
 from compress.errors import UserError
 from compress.stages.artifacts import StageInfo
 from compress.stages.runner import StageEnv, Work, build, load_data, run_stage
 
-ONNX_FILE = "model.onnx"
+ONNX_FILE = "model.onnx"  # the deployed model, in export.precision
+FP32_FILE = "model.fp32.onnx"  # the fp32 model it was derived from (precision != fp32 only)
+TABLE_JSON, TABLE_MD = "export_table.json", "export_table.md"
 
 
 def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -> dict:
@@ -32,30 +35,110 @@ def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) 
     seeds = src.record.get("method_info", {}).get("seeds")
     if seeds is not None:  # a random network: its weights must rebuild from its seeds
         _verify_seeds(model, seeds, src, masks)
-    method = src.record.get("method")
-    record_holder: dict = {}
-
-    def body(tmp: Path) -> Work:
-        from compress.export.onnx import check_parity, export_onnx
-
-        deploy, spec = _deployable(cfg, model, masks)
-        meta = _metadata(src, spec, data)
-        export_onnx(deploy, data.test.x[:2], tmp / ONNX_FILE, metadata=meta, opset=cfg.export.opset)
-        err = check_parity(tmp / ONNX_FILE, model, data.test.x[:cfg.export.parity_samples],
-                           rtol=cfg.export.rtol)
-        (tmp / "structure.json").write_text(json.dumps(spec, indent=2, default=str))
-        metrics = {"parity_rel_error": err, "onnx_bytes": float((tmp / ONNX_FILE).stat().st_size),
-                   **{f"onnx_test_{k}": v for k, v in _onnx_metrics(tmp / ONNX_FILE, data).items()}}
-        record_holder["spec"] = spec
-        return Work({"onnx": ONNX_FILE, "structure": "structure.json"}, metrics,
-                    masks.density() if masks is not None else 1.0,
-                    extra={"structure": spec, "source_metrics": src.record["metrics"],
-                           "onnx_metadata": meta})
-
-    record = run_stage("export", cfg, env, body, src=src, out=out, method=method)
+    record = run_stage("export", cfg, env,
+                       lambda tmp: _export_files(cfg, model, masks, src, data, tmp),
+                       src=src, out=out, method=src.record.get("method"))
     if cfg.export.registry_name:
         record["registered"] = _register(cfg, env, src, record, data)
     return record
+
+
+def _export_files(cfg: Config, model, masks, src: StageInfo, data, tmp: Path) -> Work:
+    """fp32 ONNX (parity-gated), the reduced-precision copy (accuracy-gated), the table."""
+    from compress.export.bench_table import Column, module_size, ort_test_metrics, to_markdown
+    from compress.export.onnx import check_parity, export_onnx
+    ex = cfg.export
+    deploy, spec = _deployable(cfg, model, masks)
+    meta = _metadata(src, spec, data, ex.providers)
+    fp32 = tmp / (ONNX_FILE if ex.precision == "fp32" else FP32_FILE)
+    export_onnx(deploy, data.test.x[:2], fp32, metadata={**meta, "compress.precision": "fp32"},
+                opset=ex.opset)
+    parity_x = data.test.x[:ex.parity_samples]
+    metrics = {"parity_rel_error": check_parity(fp32, model, parity_x, rtol=ex.rtol)}
+    shrunk = deploy is not model
+    example = data.test.x[:1]
+    columns = [Column("shrunk" if shrunk else "dense", fp32, *module_size(deploy, example),
+                      ort_test_metrics(fp32, data.test))]
+    files = {"onnx": ONNX_FILE, "structure": "structure.json"}
+    if ex.precision != "fp32":
+        reduced, precision_metrics = _reduced(cfg, model, data, columns[0], tmp / ONNX_FILE,
+                                              {**meta, "compress.precision": ex.precision})
+        columns.append(reduced)
+        metrics.update(precision_metrics)
+        metrics["onnx_fp32_bytes"] = float(fp32.stat().st_size)
+        metrics.update({f"onnx_fp32_{k}": v for k, v in columns[0].metrics.items()})
+        files["onnx_fp32"] = FP32_FILE
+    table = _table(cfg, model, data, columns, shrunk)
+    metrics.update(_table_summary(table, ex.precision))
+    deployed = columns[-1]
+    metrics["onnx_bytes"] = float(deployed.path.stat().st_size)
+    metrics.update({f"onnx_{k}": v for k, v in deployed.metrics.items()})
+    (tmp / "structure.json").write_text(json.dumps(spec, indent=2, default=str))
+    (tmp / TABLE_JSON).write_text(json.dumps(table, indent=2))
+    (tmp / TABLE_MD).write_text(to_markdown(table))
+    files.update(export_table=TABLE_JSON, export_table_md=TABLE_MD)
+    return Work(files, metrics, masks.density() if masks is not None else 1.0,
+                extra={"structure": spec, "source_metrics": src.record["metrics"],
+                       "onnx_metadata": meta, "export_table": table,
+                       "deployment": _deployment(ex)})
+
+
+def _reduced(cfg: Config, model, data, fp32, dest: Path, meta: dict):
+    """The reduced-precision copy of the fp32 column, gated on its accuracy change."""
+    from compress.export.bench_table import Column, ort_test_metrics
+    from compress.export.onnx import check_parity
+    from compress.export.precision import accuracy_gate, calibration_batches, reduce_precision
+    ex = cfg.export
+    calibration = None
+    if ex.precision == "int8-static":
+        calibration = calibration_batches(data.train.x, ex.calibration_batches,
+                                          ex.calibration_batch_size, cfg.seed)
+    reduce_precision(fp32.path, dest, ex.precision, calibration=calibration,
+                     providers=ex.providers, metadata=meta)
+    scored = ort_test_metrics(dest, data.test)
+    change = accuracy_gate(fp32.metrics["test_accuracy"], scored["test_accuracy"],
+                           ex.max_accuracy_drop, ex.precision)
+    # Informational: how far the reduced model's outputs are from PyTorch's (no tolerance).
+    rel = check_parity(dest, model, data.test.x[:ex.parity_samples], rtol=math.inf)
+    return (Column(ex.precision, dest, fp32.params, fp32.macs, scored),
+            {"precision_accuracy_change": change, "precision_rel_error": rel})
+
+
+def _table(cfg: Config, model, data, columns: list, shrunk: bool) -> dict:
+    """The export table; with export.benchmark, the dense model is exported and timed too."""
+    from compress.export.bench_table import Column, build_table, module_size, ort_test_metrics
+    from compress.export.onnx import export_onnx
+    ex = cfg.export
+    if not ex.benchmark:
+        return build_table(columns, data.in_shape, rounds=None)
+    with tempfile.TemporaryDirectory(prefix="compress-dense-") as scratch:
+        if shrunk:  # the same masked model at dense shapes: what the shrink saves
+            dense = export_onnx(model, data.test.x[:2], Path(scratch) / "dense.onnx",
+                                opset=ex.opset)
+            columns = [Column("dense", dense, *module_size(model, data.test.x[:1]),
+                              ort_test_metrics(dense, data.test)), *columns]
+        return build_table(columns, data.in_shape, rounds=ex.latency_rounds)
+
+
+def _table_summary(table: dict, precision: str) -> dict[str, float]:
+    """Every table cell as a metric, plus the speedups of the shrink and of the precision."""
+    from compress.export.bench_table import LATENCY_BATCHES, ratio, table_metrics
+    out = table_metrics(table)
+    cols = table["columns"]
+    fp32 = "shrunk" if "shrunk" in cols else "dense"
+    for batch in LATENCY_BATCHES:
+        row = f"latency_b{batch}_ms"
+        if "shrunk" in cols and "dense" in cols:
+            out[f"shrink_speedup_b{batch}"] = ratio(table, row, "dense", "shrunk")
+        if precision != "fp32":
+            out[f"precision_speedup_b{batch}"] = ratio(table, row, fp32, precision)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _deployment(ex) -> dict:
+    from compress.export.precision import CHECK_PROVIDER, unavailable_here
+    return {"precision": ex.precision, "providers": list(ex.providers),
+            "checked_on": CHECK_PROVIDER, "unavailable_here": unavailable_here(ex.providers)}
 
 
 def _verify_seeds(model, seeds: dict, src: StageInfo, masks) -> None:
@@ -82,7 +165,7 @@ def _deployable(cfg: Config, model, masks):
                    f"no structural shrink for {type(model).__name__} yet; exported with masks"}
 
 
-def _metadata(src: StageInfo, spec: dict, data) -> dict[str, str]:
+def _metadata(src: StageInfo, spec: dict, data, providers: list[str]) -> dict[str, str]:
     rec = src.record
     return {
         "compress.source_run": str(rec.get("run_id")), "compress.source_stage": rec["stage"],
@@ -90,16 +173,8 @@ def _metadata(src: StageInfo, spec: dict, data) -> dict[str, str]:
         "compress.layer_density": json.dumps(rec.get("layer_density", {})),
         "compress.kept_features": json.dumps(spec.get("input_kept", "all")),
         "compress.dataset": data.name, "compress.input_width": str(int(data.test.x[0].numel())),
+        "compress.providers": json.dumps(list(providers)),
     }
-
-
-def _onnx_metrics(path: Path, data) -> dict[str, float]:
-    """Test metrics computed by onnxruntime itself: what a deployment would score."""
-    from compress.export.onnx import ort_session
-    sess = ort_session(path)
-    name = sess.get_inputs()[0].name
-    logits = torch.from_numpy(sess.run(None, {name: data.test.x.numpy()})[0])
-    return {k: v for k, v in classification_metrics(logits, data.test.y).items() if k != "loss"}
 
 
 def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) -> dict:
@@ -107,8 +182,10 @@ def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) ->
     tags = {"method": str(record.get("method")), "density": f"{record['density']:.6g}",
             "dataset": data.name, "source_run": str(src.record.get("run_id")),
             "export_run": str(record["run_id"]), "data_fingerprint": data.fingerprint()[:16],
+            "precision": cfg.export.precision, "providers": ",".join(cfg.export.providers),
             **{f"metric.{k}": f"{v:.6g}" for k, v in m.items() if k.startswith("test_")}}
     with env.tracker.run("register", tags={"compress.stage": "register"}, run_id=record["run_id"]):
         return env.tracker.register_onnx(Path(record["out_dir"]) / ONNX_FILE, cfg.export.registry_name,
                                          tags=tags, alias=cfg.export.alias,
-                                         input_example=data.test.x[:2].numpy())
+                                         input_example=data.test.x[:2].numpy(),
+                                         providers=list(cfg.export.providers))
