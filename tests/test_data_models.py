@@ -33,7 +33,7 @@ def test_xor_labels_are_the_parity_of_the_first_k():
 
 def test_digits_is_standardised_on_train():
     d = load_dataset("digits", {})
-    assert d.num_classes == 10 and d.in_shape == (64,)
+    assert d.num_classes == 10 and d.in_shape == (1, 8, 8) and d.train.x.shape[1:] == (1, 8, 8)
     assert d.train.x.mean().abs() < 0.05
 
 
@@ -49,3 +49,12 @@ def test_every_model_builds_and_runs(name):
     for classes, width in ((2, 1), (10, 10)):
         m = build_model(name, {}, shape, classes)
         assert m(torch.randn(3, *shape)).shape == (3, width)
+
+
+@pytest.mark.parametrize("model", ["conv2", "resnet20", "mlp"])
+def test_digits_are_images_that_conv_nets_and_mlps_both_take(model):
+    import torch
+    from compress.models import build_model
+    d = load_dataset("digits", {})
+    net = build_model(model, {}, d.in_shape, d.num_classes)
+    assert net(d.test.x[:4]).shape == (4, 10)

@@ -212,3 +212,16 @@ def test_gmp_schedule_longer_than_training_is_refused():
     from compress.errors import UserError
     with pytest.raises(UserError, match="after training ends"):
         _run("gmp", steps=10, interval="5it", duration="20it")
+
+
+def test_cpna_default_targets_scale_with_the_output_width():
+    from torch import nn
+
+    from compress.core.masking import MaskEnforcer
+    from compress.methods.cpna import CPNAHook, CPNAParams
+    for outputs in (1, 10):
+        layers = [("a", nn.Linear(64, 256)), ("b", nn.Linear(256, outputs))]
+        ann = CPNAHook(CPNAParams(), layers, MaskEnforcer({}))
+        assert (ann.target(1), ann.target(0)) == (12 * outputs, 24 * outputs)
+    explicit = CPNAHook(CPNAParams(output_connections=7), layers, MaskEnforcer({}))
+    assert explicit.target(1) == 7

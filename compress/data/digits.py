@@ -1,4 +1,7 @@
-"""scikit-learn's 8x8 handwritten digits (ships with the package), standardised."""
+"""scikit-learn's 8x8 handwritten digits (ships with the package), standardised per pixel.
+
+Served as 1x8x8 images, so conv nets take them as they are and MLPs flatten them.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +25,10 @@ def load_digits(p: DigitsParams) -> DataBundle:
     from sklearn.datasets import load_digits as sk_digits
 
     raw = sk_digits()
-    x = torch.tensor(raw.data, dtype=torch.float32)
+    x = torch.tensor(raw.data, dtype=torch.float32).reshape(-1, 1, 8, 8)
     y = torch.tensor(raw.target, dtype=torch.long)
     n = len(y)
     n_val, n_test = int(n * p.val_fraction), int(n * p.test_fraction)
     train, val, test = split_three(x, y, (n - n_val - n_test, n_val, n_test), p.seed)
     standardise(train, val, test)
-    return DataBundle("digits", train, val, test, num_classes=10, in_shape=(64,))
+    return DataBundle("digits", train, val, test, num_classes=10, in_shape=(1, 8, 8))

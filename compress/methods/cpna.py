@@ -25,6 +25,8 @@ from compress.errors import UserError
 from compress.methods.base import MethodParams, PruneContext, PruneResult
 from compress.registry import register_method
 
+# The paper's XOR targets (one logit). With more outputs the defaults scale per output unit:
+# 12 hidden->output connections for 10 classes would leave most classes unconnected.
 DEFAULT_TARGETS = {"output": 12, "input": 24}
 
 
@@ -32,9 +34,11 @@ class CPNAParams(MethodParams):
     anneal_epochs: int = Field(100, ge=1, description="epochs per annealing phase (N')")
     final_epochs: int = Field(10, ge=0, description="extra epochs at the final sparsity")
     mu: float = Field(10.0, ge=0, description="annealing rate: 0 linear, larger prunes earlier")
-    output_connections: int | None = Field(None, ge=1, description="hidden->output kept (default 12)")
+    output_connections: int | None = Field(
+        None, ge=1, description="hidden->output kept (default 12 per output unit)")
     output_density: float | None = Field(None, gt=0, lt=1)
-    input_connections: int | None = Field(None, ge=1, description="input->hidden kept (default 24)")
+    input_connections: int | None = Field(
+        None, ge=1, description="input->hidden kept (default 24 per output unit)")
     input_density: float | None = Field(None, gt=0, lt=1)
     hidden_density: float | None = Field(None, gt=0, lt=1, description="hidden->hidden layers")
     prune_input: bool = Field(True, description="false: CPNA(hidden), output connections only")
@@ -123,8 +127,9 @@ class CPNAHook(BaseHook):
         if group == "hidden":
             return round(self.p.hidden_density * size)
         count, dens = getattr(self.p, f"{group}_connections"), getattr(self.p, f"{group}_density")
+        per_output = self.mods[-1].out_features
         return min(size, count if count is not None else
-                   round(dens * size) if dens is not None else DEFAULT_TARGETS[group])
+                   round(dens * size) if dens is not None else DEFAULT_TARGETS[group] * per_output)
 
     def unit_target(self, idx: int) -> int:
         width = self.mods[idx].out_features
