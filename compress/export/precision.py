@@ -11,7 +11,8 @@ INT8 settings: weights int8 per output channel with `reduce_range` (7-bit), whic
 recommends for x86 CPUs without VNNI, where 8-bit products can otherwise saturate. The
 accuracy gate runs on this machine's CPU provider, and with reduce_range what it measures is
 what any CPU deployment gets (on the default CPNA export, per-channel weights without
-reduce_range cost 5 points of test accuracy on an AVX2 CPU; with it, none). Activations are
+reduce_range cost 5 points of test accuracy on an AVX2 CPU, with it none: see
+`bench/export_precision.py --int8-variants`). Activations are
 uint8 (asymmetric) for CPU deployments; when CUDA or TensorRT is among export.providers they
 are symmetric int8, which TensorRT requires.
 """

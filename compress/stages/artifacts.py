@@ -7,7 +7,9 @@ Layout of a stage folder:
     masks.safetensors     + masks.json (densities, sha256)      [after pruning]
     history.json          per-epoch metrics
     density.png           kept fraction per layer               [after pruning]
-    model.onnx            structurally shrunk ONNX              [export]
+    model.onnx            structurally shrunk ONNX, in export.precision        [export]
+    model.fp32.onnx       the fp32 model it came from (precision != fp32)      [export]
+    export_table.json     + .md: dense vs shrunk (vs reduced) size, speed, accuracy [export]
 """
 
 from __future__ import annotations
