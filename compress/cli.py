@@ -414,6 +414,9 @@ def _forget_keyboard_interrupt() -> None:
 
 def main() -> None:
     import os
+
+    from compress.core import dist
+    dist.setup()  # only under torchrun (WORLD_SIZE > 1): join the group; rank 0 alone prints
     try:
         app()
     except (UserError, GateFailed, Interrupted) as e:

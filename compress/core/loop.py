@@ -10,6 +10,11 @@ Per step, in this fixed order:
 Per epoch end: metrics on the validation split, then hook.on_epoch_end(state, row) (CPNA
 normalises and prunes here), then the progress bar. History rows are returned, not logged:
 the caller tracks them in one batched call.
+
+Under torchrun (compress.core.dist) the same loop runs on every rank: the forward goes through
+DDP on this rank's share of the global batch, so `backward` returns gradients already averaged
+over ranks, and everything after it (hooks, gradient masking, the step, weight masking) acts on
+identical values on every rank. Parameters are compared across ranks at every epoch end.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import nn
 
+from compress.core import dist
 from compress.core.masking import MaskEnforcer
 from compress.core.metrics import classification_metrics, loss_fn
 from compress.core.schedules import parse_duration
@@ -65,11 +71,17 @@ def make_optimizer(params, cfg) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split, batch_size: int = 4096) -> dict[str, float]:
+    """Metrics on the whole split (under torchrun each rank runs a slice; logits are gathered)."""
     was_training = model.training
     model.eval()
-    logits = torch.cat([model(split.x[i:i + batch_size]) for i in range(0, len(split), batch_size)])
+
+    def logits(rows: slice) -> torch.Tensor:
+        x = split.x[rows]
+        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+    out = dist.gather_map(logits, len(split))
     model.train(was_training)
-    return classification_metrics(logits, split.y)
+    return classification_metrics(out, split.y)
 
 
 def fit(model: nn.Module, data, cfg, *, seed: int, hooks: Sequence[Hook] = (),
@@ -89,13 +101,16 @@ def fit(model: nn.Module, data, cfg, *, seed: int, hooks: Sequence[Hook] = (),
     state = TrainState(model, optimizer, masks, total_steps=total, steps_per_epoch=steps_per_epoch)
     if masks is not None:
         masks.bind(model)
+    net = dist.wrap(model)  # the model itself in one process
     for h in hooks:
         h.on_fit_start(state)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     with _progress(progress, total) as advance:
         while state.step < total:
-            _run_epoch(state, data, cfg.batch_size, gen, hooks, advance)
+            _run_epoch(state, net, data, cfg.batch_size, gen, hooks, advance)
+            dist.sync_buffers(model)
+            dist.check_same(model.state_dict().values(), f"parameters after step {state.step}")
             row = {"epoch": state.epoch, "step": state.step, "train_loss": state.train_loss,
                    **{f"val_{k}": v for k, v in evaluate(model, data.val).items()}}
             state.epoch += 1
@@ -108,16 +123,21 @@ def fit(model: nn.Module, data, cfg, *, seed: int, hooks: Sequence[Hook] = (),
     return state.history
 
 
-def _run_epoch(state: TrainState, data, batch_size: int, gen, hooks, advance) -> None:
+def _run_epoch(state: TrainState, net: nn.Module, data, batch_size: int, gen, hooks,
+               advance) -> None:
     x, y = data.train.x, data.train.y
     order = torch.randperm(len(y), generator=gen)
+    world = dist.world_size()
+    check_steps = world > 1 and dist.check_level() == "step"
     losses = []
     for i in range(0, len(y), batch_size):
         if state.step >= state.total_steps:
             break
-        idx = order[i:i + batch_size]
+        idx, share = dist.shard_batch(order[i:i + batch_size])  # (the batch, 1.0) in one process
         state.optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(state.model(x[idx]), y[idx])
+        loss = loss_fn(net(x[idx]), y[idx])
+        if share != 1.0:  # DDP averages over ranks: weight this shard's mean by its share
+            loss = loss * (share * world)
         loss.backward()
         for h in hooks:
             h.after_backward(state)
@@ -129,9 +149,12 @@ def _run_epoch(state: TrainState, data, batch_size: int, gen, hooks, advance) ->
         state.step += 1
         for h in hooks:
             h.after_step(state)
-        losses.append(loss.detach())
+        if check_steps:
+            dist.check_same(state.model.state_dict().values(), f"parameters after step {state.step}")
+        losses.append(loss.detach() / world if world > 1 else loss.detach())
         advance(1, None)
-    state.train_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+    # Under torchrun each rank holds its share of every batch's mean loss; the sum is the mean.
+    state.train_loss = float(dist.all_sum(torch.stack(losses)).mean()) if losses else float("nan")
 
 
 class _progress:
@@ -142,7 +165,7 @@ class _progress:
 
     def __enter__(self):
         import sys
-        if self.label and sys.stderr.isatty():
+        if self.label and sys.stderr.isatty() and dist.is_main():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

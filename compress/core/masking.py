@@ -12,6 +12,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from compress.core import dist
 from compress.core.masks import MaskSet
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -62,7 +63,8 @@ class MaskEnforcer:
     """Training hook: masked gradients before the step, masked weights after it.
 
     When the mask changes (`update`), optimizer state of newly removed weights is reset so a
-    pruned connection carries no momentum.
+    pruned connection carries no momentum. Under torchrun every rank computes its masks from
+    identical weights; binding or updating them checks that they are identical on every rank.
     """
 
     def __init__(self, masks: MaskSet):
@@ -79,6 +81,7 @@ class MaskEnforcer:
         self._device_masks = {
             n: m.to(self._params[n].device, self._params[n].dtype) for n, m in self.masks.items()
         }
+        dist.check_same(self.masks.values(), "masks")
         apply_masks(model, self.masks)
 
     @torch.no_grad()
@@ -98,6 +101,7 @@ class MaskEnforcer:
         self._device_masks = {
             n: m.to(self._params[n].device, self._params[n].dtype) for n, m in masks.items()
         }
+        dist.check_same(masks.values(), "masks")
         self.mask_weights()
         if optimizer is not None:
             for n, p in self._params.items():

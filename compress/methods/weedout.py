@@ -42,6 +42,8 @@ LeNet-300-100, m = 100, B = 256, this loaded 2-core machine: 0.3-0.5 s per popul
 vs 3.1-3.6 s for one candidate at a time through the same hooks. Unstructured masks are
 evaluated one candidate at a time with torch.func.functional_call on masked weights (no copy of
 the network). Fitness is measured in eval mode (BatchNorm uses its running statistics).
+Under torchrun the population is split across ranks (`_Scorer`); masks and fitness batches are
+drawn from the same seeds on every rank, so selection is identical everywhere.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from compress.core import dist
 from compress.core import node_masks as nm
 from compress.core.loop import evaluate, fit
 from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
@@ -212,13 +215,22 @@ def check(p: WeedoutParams, ctx: PruneContext) -> None:
 
 
 class _Scorer:
-    """Fitness of a population: -loss on (x, y), optionally after fitness_steps of training."""
+    """Fitness of a population: -loss on (x, y), optionally after fitness_steps of training.
+
+    Under torchrun each rank scores a contiguous slice of the population (fitness training
+    included, on its own) and every rank gets all scores in population order, so every rank
+    selects the same winner.
+    """
 
     def __init__(self, space, p: WeedoutParams, ctx: PruneContext, init: dict):
         self.space, self.p, self.ctx, self.init = space, p, ctx, init
         self.work = copy.deepcopy(ctx.model) if p.fitness_steps else None
 
     def __call__(self, pop: dict, x, y) -> torch.Tensor:
+        return dist.gather_map(lambda s: self._score({n: v[s] for n, v in pop.items()}, x, y),
+                               nm.size(pop))
+
+    def _score(self, pop: dict, x, y) -> torch.Tensor:
         if not self.p.fitness_steps:
             return -self.space.losses(pop, x, y)
         out = []

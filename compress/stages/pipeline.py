@@ -23,6 +23,7 @@ from typing import Any, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compress.config import format_validation, load_yaml, resolve
+from compress.core import dist
 from compress.errors import UserError
 from compress.stages.artifacts import STAGE_FILE, StageInfo, read_stage
 from compress.stages.runner import StageEnv, identity
@@ -121,6 +122,9 @@ def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: in
     Stages whose folder under the pipeline's root is intact and has the same identity are
     reused (unless `fresh`), and the pipeline's MLflow parent run is resumed, so a killed
     pipeline re-run with the same command continues where it stopped.
+
+    Under torchrun rank 0 alone holds the lock, cleans up, reads and writes pipeline.json and
+    decides which stages to reuse; the other ranks follow its decisions (dist.on_main).
     """
     root = Path(out) if out else env.root / spec.name
     infos = {sid: resolve_source(ref) for sid, ref in spec.sources.items()} if spec.sources else {}
@@ -128,16 +132,16 @@ def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: in
     records: dict[str, dict] = {}
     new_root = not root.exists() or not any(root.iterdir())
     with pipeline_lock(root), _removed_if_nothing_finished(root, records, new_root):
-        _drop_unfinished(root, stages)
-        state = _load_state(root, spec.name, env) if not fresh else None
+        dist.on_main(lambda: _drop_unfinished(root, stages))
+        state = dist.on_main(lambda: _load_state(root, spec.name, env)) if not fresh else None
         with env.tracker.run(spec.name, tags={"compress.pipeline": spec.name, **(tags or {})},
                              run_id=state) as parent:
-            _save_state(root, spec.name, env, parent)
+            dist.on_main(lambda: _save_state(root, spec.name, env, parent))
             if state:
                 env.tracker.end_stale_children(parent)
             for p in stages:
                 src = infos.get(p.spec.from_) if p.spec.from_ else None
-                status, done = stage_status(p) if not fresh else ("missing", None)
+                status, done = dist.on_main(lambda: stage_status(p)) if not fresh else ("missing", None)
                 if status == "done":
                     env.log(f"{p.spec.id}: reused {p.out} (same config and inputs, files intact)")
                     records[p.spec.id] = {**done.record, "out_dir": str(p.out), "reused": True}
@@ -198,7 +202,7 @@ def _removed_if_nothing_finished(root: Path, records: dict, new_root: bool) -> I
     try:
         yield
     except BaseException:
-        if new_root and not records:
+        if new_root and not records and dist.is_main():
             import shutil
             shutil.rmtree(root, ignore_errors=True)
         raise
@@ -206,7 +210,14 @@ def _removed_if_nothing_finished(root: Path, records: dict, new_root: bool) -> I
 
 @contextlib.contextmanager
 def pipeline_lock(root: Path) -> Iterator[None]:
-    """One process per pipeline root: a second one would race on the same stage folders."""
+    """One process per pipeline root: a second one would race on the same stage folders.
+    (Under torchrun, rank 0 holds it for all ranks.)"""
+    with dist.main_context(lambda: _flock(root), share=False):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(root: Path) -> Iterator[None]:
     import fcntl
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as fh:
@@ -224,8 +235,9 @@ def run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | N
         check_source(cfg, src)
     if stage == "pretrain":
         return train_stages.pretrain(cfg, env, out)
-    fn = {"prune": train_stages.prune, "retrain": train_stages.retrain,
-          "export": export_stage.export}[stage]
+    if stage == "export":  # nothing to train: rank 0 exports alone, the others get its record
+        return dist.on_main(lambda: export_stage.export(cfg, src, env, out))
+    fn = {"prune": train_stages.prune, "retrain": train_stages.retrain}[stage]
     return fn(cfg, src, env, out)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from compress.config import Config
+from compress.core import dist
 from compress.core.loop import evaluate
 from compress.stages.artifacts import StageInfo, staging, write_record
 from compress.tracking.base import NullTracker, Tracker
@@ -28,6 +31,9 @@ class StageEnv:
     tracker: Tracker = field(default_factory=NullTracker)
     root: Path = DEFAULT_ROOT
     progress: bool = True
+
+    def __post_init__(self):
+        self.progress = self.progress and dist.is_main()  # under torchrun: rank 0 reports
 
     def log(self, message: str) -> None:
         """One line on stderr per finished stage (kept out of stdout, which --json owns)."""
@@ -93,13 +99,17 @@ def stage_id(stage: str, cfg: Config, src: StageInfo | None) -> str:
 def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Work], *,
               src: StageInfo | None = None, out: Path | None = None,
               method: str | None = None) -> dict:
-    """Run `body` in a staging folder under a tracked run; record and log what it made."""
+    """Run `body` in a staging folder under a tracked run; record and log what it made.
+
+    Under torchrun every rank runs `body` (it trains, and DDP needs every rank at every step);
+    rank 0 writes the stage folder and tracks the run, and every rank returns rank 0's record.
+    """
     sid = stage_id(stage, cfg, src)
     out_dir = Path(out) if out else env.root / f"{stage}-{(method + '-') if method else ''}{sid[:10]}"
     tags = {"compress.stage": stage, "compress.id": sid, **({"compress.method": method} if method else {}),
             **({"compress.source_run": src.record.get("run_id", "")} if src else {})}
     with env.tracker.run(stage if not method else f"{stage}:{method}", tags=tags) as run_id:
-        with staging(out_dir) as tmp:
+        with _stage_folder(out_dir) as tmp:
             started = time.perf_counter()
             work = body(tmp)
             record = {
@@ -109,13 +119,30 @@ def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Wor
                 "tracking": env.tracker.describe(), **work.extra,
                 "seconds": round(time.perf_counter() - started, 3),
             }
-            if work.history:
-                (tmp / "history.json").write_text(json.dumps(work.history))
-            write_record(tmp, record)
+            dist.on_main(lambda: _write(tmp, work, record))
         _track(env.tracker, cfg, work, out_dir)
+    record = dist.from_main(record)
     env.log(f"{stage}{':' + method if method else ''} done in {record['seconds']:.1f} s  "
             f"{_headline(work.metrics)}density {work.density:.4g}  -> {out_dir}")
     return record
+
+
+def _write(tmp: Path, work: Work, record: dict) -> None:
+    if work.history:
+        (tmp / "history.json").write_text(json.dumps(work.history))
+    write_record(tmp, record)
+
+
+@contextlib.contextmanager
+def _stage_folder(out_dir: Path):
+    """Rank 0 (or the only process): the staging folder renamed to out_dir at the end. Other
+    ranks run the body in a private scratch folder; what it writes there is deleted after."""
+    with dist.main_context(lambda: staging(out_dir), share=False) as tmp:
+        if tmp is not None:
+            yield tmp
+            return
+        with tempfile.TemporaryDirectory(prefix=f"compress-rank{dist.rank()}-") as scratch:
+            yield Path(scratch)
 
 
 def _headline(metrics: dict) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from compress.config import Config
+from compress.core import dist
 from compress.core.loop import fit
 from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
 from compress.core.masks import MaskSet
@@ -51,6 +52,7 @@ def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -
     def body(tmp: Path) -> Work:
         ctx.on_round = _round_logger(env, tmp)
         result = entry.obj(params, ctx)
+        dist.check_same(result.masks.values(), f"{name} masks")  # torchrun: same on all ranks
         apply_masks(model, result.masks)
         extra = {"method_info": result.info, "dense_metrics": src.record["metrics"]}
         work = _finish(tmp, model, result.masks, src, data, result.history, extra)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from compress.errors import UserError
 
@@ -94,3 +94,25 @@ class NullTracker:
 
     def end_stale_children(self, parent_run_id: str) -> None:
         pass
+
+
+class RankZeroTracker:
+    """Tracking under torchrun: rank 0 alone holds the real tracker and makes every call; every
+    rank gets the call's result (run ids, fetched folders) or raises its error, so the ranks
+    stay in step and exit with the same code. Other ranks never open an MLflow client."""
+
+    def __init__(self, make: Callable[[], Tracker]):
+        from compress.core import dist
+        self._dist = dist
+        self._inner = dist.on_main(make, share=False)  # None on other ranks
+
+    def run(self, name: str, tags=None, run_id=None):
+        return self._dist.main_context(lambda: self._inner.run(name, tags=tags, run_id=run_id))
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def call(*args, **kwargs):
+            return self._dist.on_main(lambda: getattr(self._inner, name)(*args, **kwargs))
+        return call
