@@ -50,6 +50,8 @@ class RetrainConfig(Strict):
 class ExportConfig(Strict):
     shrink: bool | Literal["auto"] = Field(
         "auto", description="physically remove dead units: auto = where the model supports it")
+    round_to: int = Field(8, ge=1, description="CNN shrink: channels kept per group rounded up to "
+                                               "a multiple of this (dead ones fill in; 1 = off)")
     rtol: float = Field(1e-5, gt=0, description="max relative error of ONNX vs PyTorch")
     parity_samples: int = Field(256, ge=1)
     opset: int | None = None

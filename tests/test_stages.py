@@ -86,11 +86,12 @@ def test_export_refuses_shrink_of_unsupported_model(pruned, tmp_path):
     from compress.stages.export_stage import _deployable
     env, cfg, pre, pr = pruned
     other = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
-    with pytest.raises(UserError, match="export.shrink=false"):
-        _deployable(resolve(TINY, {"export": {"shrink": True}}), other, None)
-    assert _deployable(cfg, other, None)[0] is other  # auto: masks only where shrink can't go
+    x = torch.randn(2, 6)
+    with pytest.raises(UserError, match=r"layer '1' \(LayerNorm\).*export.shrink=false"):
+        _deployable(resolve(TINY, {"export": {"shrink": True}}), other, None, x)
+    assert _deployable(cfg, other, None, x)[0] is other  # auto: masks only where shrink can't go
     masked_only = resolve(TINY, {"export": {"shrink": False}})
-    assert _deployable(masked_only, other, None)[0] is other
+    assert _deployable(masked_only, other, None, x)[0] is other
     rec = run_one("export", masked_only, env, pr, tmp_path / "ex2")
     assert rec["metrics"]["parity_rel_error"] <= 1e-5
 

@@ -162,6 +162,12 @@ def test_conv_net_channel_masks_and_method_on_fake_images():
                                              "classifier.0": 19, "classifier.2": 19}
     for n, m in result.masks.items():
         assert torch.all(params[n][~m] == 0)
+    # The winner's removed channels and units read nothing downstream: the export drops them.
+    from compress.core.channels import shrink_cnn
+    net, spec = shrink_cnn(model, data.test.x[:4], result.masks, round_to=1)
+    assert [s["kept"] for s in spec["groups"]] == [5, 5, 19, 19]
+    with torch.no_grad():
+        assert torch.allclose(net(data.test.x), model.eval()(data.test.x), rtol=1e-5, atol=1e-6)
 
 
 def test_no_maskable_layers_and_non_chain_nets_are_refused():

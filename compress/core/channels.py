@@ -6,12 +6,16 @@ input slice of every consumer (including the classifier after a flatten) must go
 This module decides WHICH channels go - only those whose output is provably zero - and checks
 the result; Torch-Pruning only does the surgery.
 
-A channel is dead when every parameter slice that produces it (conv/linear filter and bias,
-BatchNorm gamma and beta, depthwise filter) is exactly zero in every coupled layer, and each
-non-affine BatchNorm in the group has running mean 0 there: then, in eval mode, it outputs
-exactly 0, every op on its path (ReLU-like activations, sums, pooling, concat) keeps it 0, and
-its consumers read nothing. Groups whose channels pass through anything else (sigmoid, channel
-shuffles, grouped convs, the model's output) are left whole.
+A channel is dead when removing it cannot change the output, for one of two reasons:
+- nothing produces it: every parameter slice that produces it (conv/linear filter and bias,
+  BatchNorm gamma and beta, depthwise filter) is exactly zero in every coupled layer, and each
+  non-affine BatchNorm in the group has running mean 0 there. In eval mode it is then exactly
+  0, and every op on its path (ReLU-like activations, sums, pooling, concat) keeps it 0;
+- nothing reads it: every consumer's weight slice that reads it (the next conv's input
+  channel, the classifier's columns after a flatten) is exactly zero. Whatever its value, it
+  adds nothing (e.g. a unit whose outgoing weights were all pruned, whose bias is alive).
+Groups whose channels pass through anything else (sigmoid, channel shuffles, grouped convs,
+the model's output) are left whole.
 
 torch_pruning is imported inside the functions: importing this module stays cheap.
 """
@@ -51,7 +55,11 @@ _SAFE_OPS = frozenset(
 
 
 class ShrinkError(UserError):
-    """The shrink cannot handle this model, or its result differs from the masked model."""
+    """The shrunk model differs from the masked model (a bug, never expected)."""
+
+
+class ShrinkUnsupported(ShrinkError):
+    """The model has a layer or op the channel shrink does not handle."""
 
 
 @dataclass
@@ -82,22 +90,24 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
 
 
-def check_supported(model: nn.Module) -> None:
-    """ShrinkError naming the first module the dead-channel rule does not cover."""
+def check_supported(model: nn.Module, hint: str = SHRINK_HINT) -> None:
+    """ShrinkUnsupported naming the first module the dead-channel rule does not cover; `hint`
+    says what the user can do instead."""
     for name, mod in model.named_modules():
         own_state = any(True for _ in mod.parameters(recurse=False))
         container = isinstance(mod, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
         leaf = not any(True for _ in mod.children()) and not container
         if (leaf or own_state) and not isinstance(mod, _LAYERS + _ZERO_PRESERVING):
             what = "module" if mod is model else f"layer {name!r}"
-            raise ShrinkError(f"cannot shrink {what} ({type(mod).__name__}): channel shrink "
+            raise ShrinkUnsupported(f"cannot shrink {what} ({type(mod).__name__}): channel shrink "
                               "handles Conv/Linear/BatchNorm nets with ReLU-like activations, "
-                              f"pooling, sums and concats; {SHRINK_HINT}")
+                              f"pooling, sums and concats; {hint}")
         if isinstance(mod, nn.modules.conv._ConvTransposeNd):
-            raise ShrinkError(f"cannot shrink layer {name!r} ({type(mod).__name__}); {SHRINK_HINT}")
+            raise ShrinkUnsupported(f"cannot shrink layer {name!r} ({type(mod).__name__}); "
+                                    f"{hint}")
 
 
-def _trace(model: nn.Module, example: torch.Tensor):
+def _trace(model: nn.Module, example: torch.Tensor, hint: str = SHRINK_HINT):
     """Torch-Pruning's dependency graph of `model` and the autograd nodes of its outputs."""
     import torch_pruning as tp
 
@@ -114,8 +124,8 @@ def _trace(model: nn.Module, example: torch.Tensor):
             graph = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example[:1], forward_fn=forward, verbose=False)
     except Exception as e:  # tracing internals fail in many ways; the user needs one line
-        raise ShrinkError(f"cannot trace the channels of {type(model).__name__} with "
-                          f"Torch-Pruning ({_one_line(e)}); {SHRINK_HINT}") from e
+        raise ShrinkUnsupported(f"cannot trace the channels of {type(model).__name__} with "
+                          f"Torch-Pruning ({_one_line(e)}); {hint}") from e
     finally:
         model.train(was_training)
     flat = outputs[0] if isinstance(outputs[0], (tuple, list)) else [outputs[0]]
@@ -220,15 +230,15 @@ def _out_width(mod: nn.Module) -> int:
     return mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
 
 
-def channel_groups(model: nn.Module, example: torch.Tensor, ignore: Sequence[str] = ()
-                   ) -> list[ChannelGroup]:
+def channel_groups(model: nn.Module, example: torch.Tensor, ignore: Sequence[str] = (),
+                   hint: str = SHRINK_HINT) -> list[ChannelGroup]:
     """The prunable coupled channel groups of `model`, in module order.
 
     Groups touching a layer in `ignore`, the model's output, a grouped convolution or an op that
-    does not keep a zero channel zero are left out. ShrinkError for unsupported modules.
+    does not keep a zero channel zero are left out. ShrinkUnsupported for unsupported modules.
     """
-    check_supported(model)
-    graph, outputs = _trace(model, _on_device(model, example))
+    check_supported(model, hint)
+    graph, outputs = _trace(model, _on_device(model, example), hint)
     return _analyse(model, graph, outputs, ignore)[0]
 
 
@@ -237,7 +247,7 @@ def _on_device(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     return example.to(param.device) if param is not None else example
 
 
-def _by_name(groups: Sequence[ChannelGroup]) -> dict[str, ChannelGroup]:
+def groups_by_name(groups: Sequence[ChannelGroup]) -> dict[str, ChannelGroup]:
     """Groups by their name and by the name of each of their layers."""
     out = {}
     for g in groups:
@@ -257,15 +267,18 @@ def _channel_list(idx, g: ChannelGroup) -> list[int]:
 
 def channel_masks(model: nn.Module, example: torch.Tensor,
                   drop: Mapping[str, torch.Tensor | Sequence[int]],
-                  groups: Sequence[ChannelGroup] | None = None) -> dict[str, torch.Tensor]:
-    """Boolean masks (True = kept) zeroing every producing slice of the dropped channels.
+                  groups: Sequence[ChannelGroup] | None = None,
+                  consumers: bool = True) -> dict[str, torch.Tensor]:
+    """Boolean masks (True = kept) zeroing every producing slice of the dropped channels and,
+    with `consumers`, every consumer slice that reads them (what the shrink removes with them,
+    so the masks' density and FLOP count are those of the shrunk model).
 
-    `drop` maps a group (its name or any of its layers) to channel indices. Only the out-params
-    of the named groups get masks. UserError for unknown groups and for a drop that would remove
+    `drop` maps a group (its name or any of its layers) to channel indices. Only the params of
+    the named groups get masks. UserError for unknown groups and for a drop that would remove
     every channel of a group.
     """
     groups = channel_groups(model, example) if groups is None else groups
-    lookup = _by_name(groups)
+    lookup = groups_by_name(groups)
     chosen: dict[str, set[int]] = {}
     for key, idx in drop.items():
         if key not in lookup:
@@ -286,6 +299,10 @@ def channel_masks(model: nn.Module, example: torch.Tensor,
             mask = masks.setdefault(pname, torch.ones_like(params[pname], dtype=torch.bool))
             pos = g.index[pname][sel]
             mask.index_fill_(dim, pos[pos >= 0].to(mask.device), False)
+        for pname, dim in (g.in_params.items() if consumers else ()):
+            mask = masks.setdefault(pname, torch.ones_like(params[pname], dtype=torch.bool))
+            pos = torch.nonzero(torch.isin(g.in_index[pname], sel)).flatten()
+            mask.index_fill_(dim, pos.to(mask.device), False)
     return masks
 
 
@@ -299,20 +316,33 @@ def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
                             f"{tuple(params[name].shape)}")
 
 
+def _nonzero_slices(state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                    pname: str, dim: int) -> torch.Tensor:
+    """Per slice of parameter `pname` along `dim`: does it hold a non-zero (after masking)?"""
+    w = state[pname].detach()
+    if pname in masks:
+        w = torch.where(masks[pname].to(w.device, torch.bool), w, torch.zeros_like(w))
+    return (w != 0).movedim(dim, 0).reshape(w.shape[dim], -1).any(1).cpu()
+
+
 @torch.no_grad()
 def _alive(g: ChannelGroup, state: Mapping[str, torch.Tensor],
            masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Channels of `g` that some producing slice (after masking) keeps non-zero."""
-    alive = torch.zeros(g.size, dtype=torch.bool)
+    """Channels of `g` that something produces (a non-zero producing slice after masking) AND
+    something reads (a non-zero consumer slice; a group without consumers counts as read)."""
+    produced = torch.zeros(g.size, dtype=torch.bool)
     for pname, dim in g.out_params.items():
-        w = state[pname].detach()
-        if pname in masks:
-            w = torch.where(masks[pname].to(w.device, torch.bool), w, torch.zeros_like(w))
-        nonzero = (w != 0).movedim(dim, 0).reshape(w.shape[dim], -1).any(1).cpu()
-        _mark(alive, g.index[pname], nonzero)
+        _mark(produced, g.index[pname], _nonzero_slices(state, masks, pname, dim))
     for bname, slices in g.zero_buffers.items():
-        _mark(alive, slices, (state[bname] != 0).cpu())
-    return alive
+        _mark(produced, slices, (state[bname] != 0).cpu())
+    if not g.in_params:
+        return produced
+    read = torch.zeros(g.size, dtype=torch.bool)
+    for pname, dim in g.in_params.items():
+        chans = g.in_index[pname]
+        hit = chans[(chans >= 0) & _nonzero_slices(state, masks, pname, dim)]
+        read[hit] = True
+    return produced & read
 
 
 def _mark(alive: torch.Tensor, slices: torch.Tensor, nonzero: torch.Tensor) -> None:

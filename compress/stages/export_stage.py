@@ -48,7 +48,7 @@ def _export_files(cfg: Config, model, masks, src: StageInfo, data, tmp: Path) ->
     from compress.export.bench_table import Column, module_size, ort_test_metrics, to_markdown
     from compress.export.onnx import check_parity, export_onnx
     ex = cfg.export
-    deploy, spec = _deployable(cfg, model, masks)
+    deploy, spec = _deployable(cfg, model, masks, data.test.x[:2])
     meta = _metadata(src, spec, data, ex.providers)
     fp32 = tmp / (ONNX_FILE if ex.precision == "fp32" else FP32_FILE)
     export_onnx(deploy, data.test.x[:2], fp32, metadata={**meta, "compress.precision": "fp32"},
@@ -152,17 +152,27 @@ def _verify_seeds(model, seeds: dict, src: StageInfo, masks) -> None:
                               "seeds; the stage folder was altered, re-run the prune stage")
 
 
-def _deployable(cfg: Config, model, masks):
-    """The shrunk module and its spec, or the masked model itself when shrinking is off."""
+def _deployable(cfg: Config, model, masks, example: torch.Tensor):
+    """The physically smaller module computing the masked model's function, and its spec; or
+    the masked model itself when shrinking is off, finds nothing to remove, or (with
+    `shrink: auto`) does not support the model."""
+    ex = cfg.export
+    if not ex.shrink:
+        return model, {"shrunk": False, "reason": "masks only (export.shrink=false)"}
     from compress.models.mlp import MLP
-    if cfg.export.shrink and isinstance(model, MLP):
+    if isinstance(model, MLP):
         from compress.core.structure import shrink_mlp
         return shrink_mlp(model, masks)
-    if cfg.export.shrink is True:
-        raise UserError(f"structural shrink supports MLP models, not {type(model).__name__}; "
-                        "export with masks only: --set export.shrink=false")
-    return model, {"shrunk": False, "reason": "masks only" if cfg.export.shrink is False else
-                   f"no structural shrink for {type(model).__name__} yet; exported with masks"}
+    from compress.core.channels import ShrinkUnsupported, shrink_cnn
+    try:
+        net, spec = shrink_cnn(model, example, masks, round_to=ex.round_to, rtol=ex.rtol)
+    except ShrinkUnsupported as e:
+        if ex.shrink is True:
+            raise
+        return model, {"shrunk": False, "reason": str(e)}
+    if spec["channels"]["kept"] == spec["channels"]["total"]:
+        return model, {**spec, "shrunk": False, "reason": "no channel can be removed"}
+    return net, {**spec, "shrunk": True}
 
 
 def _metadata(src: StageInfo, spec: dict, data, providers: list[str]) -> dict[str, str]:
