@@ -74,7 +74,7 @@ def stage_table(record: dict, dense: dict | None = None) -> None:
             t.add_row(key.replace("_", " "), *([_fmt(dense.get(key))] if dense else []),
                       _fmt(metrics[key]))
     for key, label in (("connections", "connections kept"), ("hidden_units", "hidden units kept"),
-                       ("input_features", "input features kept")):
+                       ("input_features", "input features kept"), ("channels", "channels kept")):
         kept, total = _counts(record.get("structure"), key)
         if kept is not None:
             t.add_row(label, *([_fmt(total)] if dense else []), _fmt(kept))

@@ -25,7 +25,14 @@ FAST = {"cpna": {"anneal_epochs": 4, "final_epochs": 1, "output_connections": 5,
         "gmp": {"density": 0.3, "steps": 3, "interval": "2it", "duration": "10it"},
         "edgepopup": {"density": 0.3}, "iterand": {"density": 0.3, "k_per": 2},
         "weedout": {"density": 0.3, "population": 8, "generations": 2, "fitness_batch": 64},
-        "snip": {"density": 0.3}, "grasp": {"density": 0.3}, "synflow": {"density": 0.3, "rounds": 10}}
+        "snip": {"density": 0.3}, "grasp": {"density": 0.3}, "synflow": {"density": 0.3, "rounds": 10},
+        "l1filter": {"density": 0.3, "linear": True, "finetune": "1ep"},
+        "slimming": {"density": 0.3, "sparsity_train": "1ep", "finetune": "1ep"}}
+# Methods that need more than a plain MLP: a tiny conv net with BatchNorm on 8x8 digits.
+TINY_CNN = {"data": {"name": "digits"},
+            "model": {"name": "conv2", "width": 0.125, "batchnorm": True},
+            "train": {"duration": "2ep", "batch_size": 128}}
+SETUP = {"slimming": TINY_CNN}
 
 
 def _run_opts(name, **opts):
@@ -34,8 +41,8 @@ def _run_opts(name, **opts):
 
 
 def _run(name, seed=0, rounds=None, extra=None, **opts):
-    cfg = resolve(TINY, {"method": {"name": name, **FAST.get(name, {}), **opts, **(extra or {})}},
-                  seed=seed)
+    cfg = resolve(SETUP.get(name, TINY),
+                  {"method": {"name": name, **FAST.get(name, {}), **opts, **(extra or {})}}, seed=seed)
     data = load_data(cfg)
     model = build(cfg, data)
     init = {k: v.clone() for k, v in model.state_dict().items()}
@@ -51,8 +58,8 @@ def _run(name, seed=0, rounds=None, extra=None, **opts):
 @pytest.mark.parametrize("name", METHODS.names())
 def test_method_masks_are_boolean_sparse_and_enforced(name):
     model, result = _run(name)
-    params = prunable_parameters(model)
-    assert set(result.masks) <= set(params)
+    params = dict(model.named_parameters())  # structured methods also mask biases and BN
+    assert set(prunable_parameters(model)) <= set(result.masks) <= set(params)
     assert 0 < result.masks.density() < 1
     for n, m in result.masks.items():
         assert m.dtype == torch.bool and m.shape == params[n].shape
@@ -74,7 +81,7 @@ def test_every_method_has_a_summary_and_params():
 @pytest.mark.parametrize("name", METHODS.names())
 def test_pruned_weights_are_zero_and_survivors_trained(name):
     model, result = _run(name)
-    params = prunable_parameters(model)
+    params = dict(model.named_parameters())
     for n, m in result.masks.items():
         assert torch.count_nonzero(params[n][m]) > 0.9 * int(m.sum())
 

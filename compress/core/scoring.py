@@ -70,3 +70,43 @@ def _count(density: float, size: int) -> int:
 
 def _alive(s: torch.Tensor) -> int:
     return int(torch.isfinite(s).sum())
+
+
+# ------------------------------------------------------------------------- channel scores
+def _producers(model: torch.nn.Module, group, kinds: tuple[type, ...]):
+    """(per-slice view [slices, -1] of each producing parameter of `group` whose module is one
+    of `kinds` and whose leaf name is 'weight', the group's channel -> slice index)."""
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    for pname, dim in group.out_params.items():
+        mod_name, _, leaf = pname.rpartition(".")
+        if leaf == "weight" and isinstance(modules[mod_name], kinds):
+            w = params[pname].detach()
+            yield w.movedim(dim, 0).reshape(w.shape[dim], -1), group.index[pname]
+
+
+def _per_channel(group, pairs, reduce) -> torch.Tensor | None:
+    score, found = torch.zeros(group.size, dtype=torch.float64), False
+    for per_slice, index in pairs:
+        has = index >= 0
+        score[has] = reduce(score[has], per_slice[index[has]].double().cpu())
+        found = True
+    return score if found else None
+
+
+def filter_l1(model: torch.nn.Module, group) -> torch.Tensor:
+    """Li et al.'s filter norm per channel of a channel group: the sum of |w| over the filter
+    (conv) or row (linear) producing it, summed over coupled layers (a residual sum's convs)."""
+    from compress.core.masking import PRUNABLE_TYPES
+    pairs = ((s.abs().sum(1), i) for s, i in _producers(model, group, PRUNABLE_TYPES))
+    score = _per_channel(group, pairs, torch.add)
+    return score if score is not None else torch.zeros(group.size, dtype=torch.float64)
+
+
+def bn_scale(model: torch.nn.Module, group) -> torch.Tensor | None:
+    """Network slimming's channel score: |gamma| of the BatchNorm scaling the channel (the
+    largest over coupled BatchNorms: a channel goes only if every scale on it is small);
+    None when no affine BatchNorm scales the group."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    pairs = ((s.abs().amax(1), i) for s, i in _producers(model, group, (_BatchNorm,)))
+    return _per_channel(group, pairs, torch.maximum)

@@ -73,3 +73,16 @@ def check_layer_names(names: list[str], params: dict) -> None:
         from compress.errors import UserError
         raise UserError(f"no prunable layer named {', '.join(map(repr, bad))}; this model's "
                         f"layers are: {', '.join(valid)}")
+
+
+def train_masked(ctx: PruneContext, masks: MaskSet, duration: str, label: str,
+                 hooks=()) -> list[dict]:
+    """Train ctx.model for `duration` with `masks` enforced (none at all for '0ep' / '0it')."""
+    from compress.core.loop import fit
+    from compress.core.masking import MaskEnforcer
+    from compress.core.schedules import parse_duration
+    if parse_duration(duration).amount == 0:
+        return []
+    return fit(ctx.model, ctx.data, ctx.train, seed=ctx.seed, hooks=hooks,
+               masks=MaskEnforcer(masks), duration=duration,
+               progress=label if ctx.progress else None)

@@ -7,10 +7,9 @@ from typing import Callable, Literal
 from pydantic import Field
 
 from compress.core import scoring
-from compress.core.loop import fit
-from compress.core.schedules import DurationStr, parse_duration
-from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
-from compress.methods.base import DensityTarget, PruneContext, PruneResult
+from compress.core.schedules import DurationStr
+from compress.core.masking import apply_masks, prunable_parameters
+from compress.methods.base import DensityTarget, PruneContext, PruneResult, train_masked
 from compress.registry import register_method
 
 
@@ -25,11 +24,7 @@ def prune_once(p: OneShotParams, ctx: PruneContext,
     params = prunable_parameters(ctx.model)
     masks = scoring.select(score_fn(params), p.density, p.scope, current=ctx.masks)
     apply_masks(ctx.model, masks)
-    history = []
-    if parse_duration(p.finetune).amount > 0:
-        history = fit(ctx.model, ctx.data, ctx.train, seed=ctx.seed, masks=MaskEnforcer(masks),
-                      duration=p.finetune, progress=label if ctx.progress else None)
-    return PruneResult(masks, history, {"scope": p.scope})
+    return PruneResult(masks, train_masked(ctx, masks, p.finetune, label), {"scope": p.scope})
 
 
 @register_method("magnitude", params=OneShotParams,

@@ -102,6 +102,23 @@ def plan(spec: PipelineSpec, layers: list[dict], seed: int | None, root: Path,
     return out
 
 
+def preflight(stages: list[Planned], sources: dict[str, StageInfo]) -> None:
+    """Every prune stage's method checks on a fresh model of its architecture (bad layer names,
+    a layer a channel sparsity would empty, ...): a mistake in the last stage is reported before
+    the first one trains."""
+    from compress.stages.train_stages import check_prune
+    planned = {p.spec.id: p for p in stages}
+    for p in stages:
+        if p.spec.stage != "prune":
+            continue
+        src = p.spec.from_
+        if src in sources:
+            dense = sources[src].record.get("dense_train")
+        else:
+            dense = planned[src].cfg.train.model_dump() if src in planned else None
+        check_prune(p.cfg, dense)
+
+
 def stage_status(p: Planned) -> tuple[str, StageInfo | None]:
     """done (intact, same identity) | stale (different config or corrupted) | missing."""
     if not (p.out / STAGE_FILE).is_file():
@@ -129,6 +146,7 @@ def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: in
     root = Path(out) if out else env.root / spec.name
     infos = {sid: resolve_source(ref) for sid, ref in spec.sources.items()} if spec.sources else {}
     stages = plan(spec, layers, seed, root, infos)  # every config is checked before anything runs
+    preflight(stages, infos)
     records: dict[str, dict] = {}
     new_root = not root.exists() or not any(root.iterdir())
     with pipeline_lock(root), _removed_if_nothing_finished(root, records, new_root):

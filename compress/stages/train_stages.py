@@ -69,6 +69,26 @@ def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -
     return run_stage("prune", cfg, env, body, src=src, out=out, method=name)
 
 
+def check_prune(cfg: Config, dense_train: dict | None = None) -> None:
+    """The method's own checks (layer names, channel groups, schedule lengths) on a freshly
+    built model of the configured architecture. Pipelines run this for every prune stage before
+    the first stage starts, so a bad option is refused before anything is trained or written."""
+    from compress.config import TrainConfig
+    from compress.methods.base import PruneContext
+    from compress.registry import METHODS
+
+    entry = METHODS.get(cfg.section("method")[0])
+    if not hasattr(entry.obj, "check"):
+        return
+    data = load_data(cfg)
+    model = build(cfg, data)
+    dense = TrainConfig(**dense_train) if dense_train else cfg.train
+    ctx = PruneContext(model, data, cfg.train, MaskSet.ones_like(prunable_parameters(model)),
+                       cfg.seed, progress=False, init=model.state_dict(), dense_train=dense,
+                       dense_seed=cfg.seed, build=lambda offset: build(cfg, data, seed_offset=offset))
+    entry.obj.check(cfg.method_params(), ctx)
+
+
 def _round_logger(env: StageEnv, tmp: Path):
     """Each round of a multi-round method: its masks on disk and a nested tracked run."""
     def log(index: int, masks: MaskSet, metrics: dict, history: list[dict]) -> None:
@@ -139,11 +159,17 @@ def _finish(tmp: Path, model, masks: MaskSet, src: StageInfo, data, history, ext
 
 
 def structure(model, masks: MaskSet | None) -> dict:
-    """Connections / units / features kept, for MLPs; connection counts for other models."""
+    """Connections / units / features kept, for MLPs; for other models the connections, and the
+    output channels (units) of every prunable layer but the last that keep any weight."""
     from compress.models.mlp import MLP
     if isinstance(model, MLP):
         from compress.core.structure import structure_report
         return structure_report(model, masks)
-    kept = masks.kept() if masks else {n: p.numel() for n, p in prunable_parameters(model).items()}
-    return {"connections": {"kept": sum(kept.values()),
-                            "total": sum(p.numel() for p in prunable_parameters(model).values())}}
+    params = prunable_parameters(model)
+    kept = {n: (masks[n] if masks and n in masks else torch.ones(p.shape, dtype=torch.bool))
+            for n, p in params.items()}
+    hidden = list(kept.values())[:-1]
+    return {"connections": {"kept": sum(int(m.sum()) for m in kept.values()),
+                            "total": sum(p.numel() for p in params.values())},
+            "channels": {"kept": sum(int(m.flatten(1).any(1).sum()) for m in hidden),
+                         "total": sum(m.shape[0] for m in hidden)}}
