@@ -36,6 +36,9 @@ class TrainConfig(Strict):
     batch_size: int = Field(256, ge=1)
     duration: DurationStr = Field("150ep", description="'150ep' epochs or '4000it' iterations")
     schedule: Literal["constant", "cosine"] = Field("constant", description="lr per epoch")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="where fit() trains: cpu, cuda (under torchrun the local rank's GPU), "
+                           "or auto (cuda when available)")
 
 
 class RetrainConfig(Strict):

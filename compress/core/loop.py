@@ -19,6 +19,7 @@ identical values on every rank. Parameters are compared across ranks at every ep
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -29,6 +30,7 @@ from compress.core import dist
 from compress.core.masking import MaskEnforcer
 from compress.core.metrics import classification_metrics, loss_fn
 from compress.core.schedules import parse_duration
+from compress.errors import UserError
 
 
 class Hook(Protocol):
@@ -52,6 +54,7 @@ class TrainState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     masks: MaskEnforcer | None
+    device: torch.device = torch.device("cpu")
     step: int = 0
     epoch: int = 0
     total_steps: int = 0
@@ -69,19 +72,39 @@ def make_optimizer(params, cfg) -> torch.optim.Optimizer:
                            fused=True)
 
 
+def training_device(name: str) -> torch.device:
+    """The device of `train.device`: cpu; cuda (under torchrun, GPU LOCAL_RANK); auto = cuda
+    when this machine has one. UserError for cuda on a machine without CUDA."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("train.device=cuda, but torch sees no CUDA device on this machine; "
+                        "use --set train.device=cpu (or auto)")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+
+
+def model_device(model: nn.Module) -> torch.device:
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split, batch_size: int = 4096) -> dict[str, float]:
     """Metrics on the whole split (under torchrun each rank runs a slice; logits are gathered)."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
 
     def logits(rows: slice) -> torch.Tensor:
         x = split.x[rows]
-        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        return torch.cat([model(x[i:i + batch_size].to(device))
+                          for i in range(0, len(x), batch_size)])
 
     out = dist.gather_map(logits, len(split))
     model.train(was_training)
-    return classification_metrics(out, split.y)
+    return classification_metrics(out.cpu(), split.y)
 
 
 def fit(model: nn.Module, data, cfg, *, seed: int, hooks: Sequence[Hook] = (),
@@ -89,8 +112,21 @@ def fit(model: nn.Module, data, cfg, *, seed: int, hooks: Sequence[Hook] = (),
         params=None, progress: str | None = None) -> list[dict]:
     """Train `model` on data.train per `cfg` (a TrainConfig); returns per-epoch metric rows.
 
-    `duration` overrides cfg.duration; `params` restricts what the optimizer updates.
+    `duration` overrides cfg.duration; `params` restricts what the optimizer updates. The
+    model trains on `cfg.device` and is returned to the device it came from (hooks see it on
+    the training device).
     """
+    device, home = training_device(getattr(cfg, "device", "cpu")), model_device(model)
+    model.to(device)
+    try:
+        return _fit(model, data, cfg, device, seed=seed, hooks=hooks, masks=masks,
+                    duration=duration, params=params, progress=progress)
+    finally:
+        model.to(home)
+
+
+def _fit(model: nn.Module, data, cfg, device: torch.device, *, seed: int, hooks, masks,
+         duration, params, progress) -> list[dict]:
     steps_per_epoch = max(1, -(-len(data.train) // cfg.batch_size))
     total = parse_duration(duration or cfg.duration).steps(steps_per_epoch)
     optimizer = make_optimizer([p for p in (params if params is not None else model.parameters())
@@ -98,7 +134,8 @@ def fit(model: nn.Module, data, cfg, *, seed: int, hooks: Sequence[Hook] = (),
     epochs = -(-total // steps_per_epoch)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
                  if getattr(cfg, "schedule", "constant") == "cosine" else None)
-    state = TrainState(model, optimizer, masks, total_steps=total, steps_per_epoch=steps_per_epoch)
+    state = TrainState(model, optimizer, masks, device, total_steps=total,
+                       steps_per_epoch=steps_per_epoch)
     if masks is not None:
         masks.bind(model)
     net = dist.wrap(model)  # the model itself in one process
@@ -135,7 +172,7 @@ def _run_epoch(state: TrainState, net: nn.Module, data, batch_size: int, gen, ho
             break
         idx, share = dist.shard_batch(order[i:i + batch_size])  # (the batch, 1.0) in one process
         state.optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x[idx]), y[idx])
+        loss = loss_fn(net(x[idx].to(state.device)), y[idx].to(state.device))
         if share != 1.0:  # DDP averages over ranks: weight this shard's mean by its share
             loss = loss * (share * world)
         loss.backward()

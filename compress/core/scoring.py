@@ -25,7 +25,7 @@ def uniform_random(params: Mapping[str, torch.Tensor], seed: int) -> Scores:
 def _exclude_pruned(scores: Scores, current: MaskSet | None) -> Scores:
     if current is None:
         return scores
-    return {n: s.masked_fill(~current[n], float("-inf")) for n, s in scores.items()}
+    return {n: s.masked_fill(~current[n].to(s.device), float("-inf")) for n, s in scores.items()}
 
 
 def select(scores: Scores, density: float, scope: Literal["layerwise", "global"] = "layerwise",

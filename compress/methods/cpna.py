@@ -164,15 +164,16 @@ class CPNAHook(BaseHook):
         start = self.start.setdefault(idx, int(masks[name].sum()))
         keep = anneal_count(start, self.target(idx), step, self.p.anneal_epochs, self.p.mu)
         scores = connection_scores(self.mods, idx, self.p.input_score)
-        scores = scores.masked_fill(~masks[name], float("-inf"))
-        masks[name] = keep_top(scores, min(keep, int(torch.isfinite(scores).sum())))
+        scores = scores.masked_fill(~masks[name].to(scores.device), float("-inf"))
+        masks[name] = keep_top(scores, min(keep, int(torch.isfinite(scores).sum()))).cpu()
 
     def _prune_units(self, masks: dict, idx: int, step: int) -> None:
         rows, cols = masks[self.names[idx]], masks[self.names[idx + 1]]
         alive = rows.any(1) & cols.any(0)
         start = self.start.setdefault(idx, int(alive.sum()))
         keep = anneal_count(start, self.unit_target(idx), step, self.p.anneal_epochs, self.p.mu)
-        w_in, w_out = self.mods[idx].weight * rows, self.mods[idx + 1].weight * cols
+        w_in = self.mods[idx].weight.cpu() * rows  # masks live on the CPU (MaskSet)
+        w_out = self.mods[idx + 1].weight.cpu() * cols
         score = (w_in.norm(dim=1) * w_out.norm(dim=0)).masked_fill(~alive, float("-inf"))
         kept = keep_top(score, min(keep, int(alive.sum())))
         masks[self.names[idx]] = rows & kept[:, None]

@@ -82,9 +82,10 @@ def redraw(model, candidates: dict[str, torch.Tensor], init: str, r: float, seed
     out = {}
     for name, cand in candidates.items():
         w = sm.original(model, name) if _parametrized(model) else dict(model.named_parameters())[name]
-        where = (torch.rand(w.shape, generator=g) < r) & cand
+        # Drawn on the CPU from the event's seed (the same values on any device), then moved.
+        where = (torch.rand(w.shape, generator=g) < r) & cand.cpu()
         fresh = sm.draw(w.shape, init, g)
-        w.copy_(torch.where(where, fresh, w))
+        w.copy_(torch.where(where.to(w.device), fresh.to(w.device, w.dtype), w))
         out[name] = where
     return out
 

@@ -106,9 +106,10 @@ def preflight(stages: list[Planned], sources: dict[str, StageInfo]) -> None:
     """Every prune stage's method checks on a fresh model of its architecture (bad layer names,
     a layer a channel sparsity would empty, ...): a mistake in the last stage is reported before
     the first one trains."""
-    from compress.stages.train_stages import check_prune
+    from compress.stages.train_stages import check_device, check_prune
     planned = {p.spec.id: p for p in stages}
     for p in stages:
+        check_device(p.spec.stage, p.cfg)
         if p.spec.stage != "prune":
             continue
         src = p.spec.from_
@@ -251,6 +252,7 @@ def run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | N
     from compress.stages import export_stage, train_stages
     if src is not None:
         check_source(cfg, src)
+    train_stages.check_device(stage, cfg)
     if stage == "pretrain":
         return train_stages.pretrain(cfg, env, out)
     if stage == "export":  # nothing to train: rank 0 exports alone, the others get its record

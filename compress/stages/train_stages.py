@@ -69,6 +69,15 @@ def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -
     return run_stage("prune", cfg, env, body, src=src, out=out, method=name)
 
 
+def check_device(stage: str, cfg: Config) -> None:
+    """A training stage's train.device exists on this machine (UserError before anything runs)."""
+    from compress.core.loop import training_device
+    if stage == "retrain":
+        training_device((cfg.retrain.train or cfg.train).device)
+    elif stage in ("pretrain", "prune"):
+        training_device(cfg.train.device)
+
+
 def check_prune(cfg: Config, dense_train: dict | None = None) -> None:
     """The method's own checks (layer names, channel groups, schedule lengths) on a freshly
     built model of the configured architecture. Pipelines run this for every prune stage before
