@@ -165,7 +165,10 @@ def _deployable(cfg: Config, model, masks, example: torch.Tensor):
         return shrink_mlp(model, masks)
     from compress.core.channels import ShrinkUnsupported, shrink_cnn
     try:
-        net, spec = shrink_cnn(model, example, masks, round_to=ex.round_to, rtol=ex.rtol)
+        if ex.round_to == "auto":
+            net, spec = _fastest_rounding(model, example, masks, ex)
+        else:
+            net, spec = shrink_cnn(model, example, masks, round_to=ex.round_to, rtol=ex.rtol)
     except ShrinkUnsupported as e:
         if ex.shrink is True:
             raise
@@ -173,6 +176,27 @@ def _deployable(cfg: Config, model, masks, example: torch.Tensor):
     if spec["channels"]["kept"] == spec["channels"]["total"]:
         return model, {**spec, "shrunk": False, "reason": "no channel can be removed"}
     return net, {**spec, "shrunk": True}
+
+
+AUTO_ROUNDINGS = (1, 8, 16)
+
+
+def _fastest_rounding(model, example: torch.Tensor, masks, ex):
+    """The shrink whose rounding of widths (1, 8 or 16) runs fastest at batch 16 in
+    onnxruntime on this machine (round-robin medians), with every candidate's latency."""
+    from compress.core.channels import shrink_cnn
+    from compress.export.bench_table import TIMING_THREADS
+    from compress.export.onnx import export_onnx, ort_latencies
+    shrunk = [shrink_cnn(model, example, masks, round_to=r, rtol=ex.rtol) for r in AUTO_ROUNDINGS]
+    with tempfile.TemporaryDirectory(prefix="compress-round-") as scratch:
+        paths = [export_onnx(net, example, Path(scratch) / f"r{r}.onnx", opset=ex.opset)
+                 for (net, _), r in zip(shrunk, AUTO_ROUNDINGS)]
+        seconds = ort_latencies(paths, 16, tuple(example.shape[1:]), repeats=ex.latency_rounds,
+                                threads=TIMING_THREADS)
+    best = min(range(len(seconds)), key=lambda i: (seconds[i], AUTO_ROUNDINGS[i]))
+    net, spec = shrunk[best]
+    spec["round_to_auto"] = {str(r): s * 1e3 for r, s in zip(AUTO_ROUNDINGS, seconds)}
+    return net, spec
 
 
 def _metadata(src: StageInfo, spec: dict, data, providers: list[str]) -> dict[str, str]:

@@ -72,3 +72,18 @@ def test_slimming_on_a_model_without_batchnorm_exits_2(tmp_path):
                  "--out", "bad", cwd=tmp_path)
     assert_user_error(r, "BatchNorm")
     assert not (tmp_path / "bad").exists()
+
+
+def test_round_to_auto_picks_the_fastest_measured_rounding(l1):
+    root, out = l1
+    prune_dir = out["stages"]["prune"]["artifacts"]["dir"]
+    ex = compress_json("export", "--from", prune_dir, "--set", "export.round_to=auto",
+                       "--no-track", "--out", "auto", cwd=root)
+    spec = json.loads((Path(ex["artifacts"]["dir"]) / "stage.json").read_text())["structure"]
+    timed = spec["round_to_auto"]
+    assert sorted(timed) == ["1", "16", "8"] and all(v > 0 for v in timed.values())
+    assert spec["round_to"] == int(min(timed, key=timed.get))
+    assert ex["metrics"]["parity_rel_error"] <= 1e-5
+    r = compress("export", "--from", prune_dir, "--set", "export.round_to=fast", "--no-track",
+                 "--out", "bad", cwd=root)
+    assert_user_error(r, "export.round_to")
