@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/lth_mnist.py --seeds 3 --iters 2000
 	$(BIN)/python bench/iterand_vs_edgepopup.py --seeds 3 --epochs 5 --widths 0.0625,0.125,0.25,0.5,1.0 --k-per 9
 	$(BIN)/python bench/weedout.py --seeds 3 --model mlp512 --iters 1000
+	$(BIN)/python bench/export_speed.py
+	$(BIN)/python bench/ddp_wall.py --rounds 3
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db .pytest_cache
