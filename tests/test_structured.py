@@ -102,6 +102,7 @@ def test_layer_sparsity_keep_dense_and_rounding():
 
 @pytest.mark.parametrize("method,match", [
     ({"sparsity": 0.95}, r"method.sparsity=0.95 would remove all 8 channels of layer 'features.0'"),
+    ({"sparsity": 0.95, "round_to": 4}, r"would remove all 8 channels of layer 'features.0'"),
     ({"layer_sparsity": {"features.3": 1.0}}, r"layer_sparsity\['features.3'\]=1 must be in \[0, 1\)"),
     ({"layer_sparsity": {"classifier.0": 0.5}}, "not a layer l1filter prunes"),
     ({"keep_dense": ["nope"]}, "no layer named 'nope'"),

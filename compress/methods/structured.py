@@ -117,11 +117,11 @@ def _rounded(keep: int, size: int, multiple: int) -> int:
 
 
 def _layer_keep(g: ChannelGroup, sparsity: float, p: ChannelParams, option: str) -> int:
-    keep = _rounded(int((1 - sparsity) * g.size + 0.5), g.size, p.round_to)
-    if keep < 1:
+    keep = int((1 - sparsity) * g.size + 0.5)
+    if keep < 1:  # refused as asked, before rounding could lift it
         raise UserError(f"{option}={sparsity:g} would remove all {g.size} channels of layer "
                         f"{g.name!r}; lower it or add the layer to method.keep_dense")
-    return keep
+    return _rounded(keep, g.size, p.round_to)
 
 
 def _prune(p: ChannelParams, ctx: PruneContext, found: _Groups, scores: dict[str, torch.Tensor],
