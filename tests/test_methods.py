@@ -232,3 +232,23 @@ def test_cpna_default_targets_scale_with_the_output_width():
         assert (ann.target(1), ann.target(0)) == (12 * outputs, 24 * outputs)
     explicit = CPNAHook(CPNAParams(output_connections=7), layers, MaskEnforcer({}))
     assert explicit.target(1) == 7
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_runs_as_a_stage_and_exports_with_parity(name, tmp_path):
+    """The whole chain a user runs (pretrain -> prune stage -> export), not just the method."""
+    from pathlib import Path
+
+    from compress.stages.artifacts import StageInfo
+    from compress.stages.pipeline import run_one
+    from compress.stages.runner import StageEnv
+    from compress.tracking.base import NullTracker
+    cfg = resolve(SETUP.get(name, TINY), {"method": {"name": name, **FAST.get(name, {})},
+                                          "export": {"benchmark": False}}, seed=1)
+    env = StageEnv(tracker=NullTracker(), root=tmp_path, progress=False)
+    info = None
+    for stage in ("pretrain", "prune", "export"):
+        record = run_one(stage, cfg, env, info, tmp_path / stage)
+        info = StageInfo(Path(record["out_dir"]), record)
+    assert record["metrics"]["parity_rel_error"] <= 1e-5
+    assert record["density"] < 1

@@ -249,6 +249,25 @@ def test_unknown_mask_name_is_a_user_error():
         shrink_mlp(model, {"layers.7.weight": torch.ones(3, 4, dtype=torch.bool)})
 
 
+def test_bias_masks_of_removed_units_are_applied_and_the_units_go():
+    torch.manual_seed(0)
+    model = MLP(5, [6], 2)
+    masks = {"layers.0.weight": torch.ones(6, 5, dtype=torch.bool),
+             "layers.0.bias": torch.ones(6, dtype=torch.bool),
+             "layers.1.weight": torch.ones(2, 6, dtype=torch.bool)}
+    masks["layers.0.weight"][[1, 4]] = False  # units 1 and 4 removed as a structured method
+    masks["layers.0.bias"][[1, 4]] = False    # does: filter and bias
+    with torch.no_grad():
+        model.layers[0].bias.fill_(0.5)  # an unmasked bias would keep them alive (constant)
+    ref = copy.deepcopy(model)
+    apply_masks(ref, masks)
+    shrunk, spec = shrink_mlp(model, masks)
+    assert spec["hidden_kept"] == [[0, 2, 3, 5]]
+    x = torch.randn(7, 5)
+    assert torch.allclose(shrunk(x), ref(x), atol=1e-6)
+    assert structure_report(model, masks)["connections"]["kept"] == 4 * 5 + 12
+
+
 def test_count_macs_linear_and_conv():
     assert count_macs(MLP(20, [16], 3), torch.randn(5, 20)) == 20 * 16 + 16 * 3
     conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=4))

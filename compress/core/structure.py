@@ -82,9 +82,10 @@ def _check_mlp(model: nn.Module) -> list[nn.Linear]:
 @torch.no_grad()
 def _effective(layers: list[nn.Linear], masks: Mapping[str, torch.Tensor] | None
                ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
-    """Masked float64 weights, float64 biases (zeros when absent) and the kept-connection count."""
+    """Masked float64 weights, masked float64 biases (zeros when absent) and the kept-connection
+    count (weights only; structured methods also mask the biases of removed units)."""
     masks = dict(masks or {})
-    names = {f"layers.{i}.weight" for i in range(len(layers))}
+    names = {f"layers.{i}.{kind}" for i in range(len(layers)) for kind in ("weight", "bias")}
     unknown = sorted(set(masks) - names)
     if unknown:
         raise UserError(f"masks name parameters the MLP does not have: {unknown}")
@@ -105,6 +106,9 @@ def _effective(layers: list[nn.Linear], masks: Mapping[str, torch.Tensor] | None
         b = layer.bias
         b = b.detach().cpu().to(torch.float64) if b is not None else torch.zeros(w.shape[0],
                                                                                dtype=torch.float64)
+        bias_mask = masks.get(f"layers.{i}.bias")
+        if bias_mask is not None:
+            b = b * bias_mask.detach().cpu().to(torch.bool)
         weights.append(w.clone())
         biases.append(b.clone())
     return weights, biases, kept
