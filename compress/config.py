@@ -60,6 +60,9 @@ class ExportConfig(Strict):
     rtol: float = Field(1e-5, gt=0, description="max relative error of ONNX vs PyTorch")
     parity_samples: int = Field(256, ge=1)
     opset: int | None = None
+    exporter: Literal["torchscript", "dynamo"] = Field(
+        "torchscript", description="torch.onnx.export path: torchscript (0.1-0.3 s for the "
+                                   "CPNA MLP) or dynamo (torch's default, 2-8 s there)")
     registry_name: str | None = Field(None, description="register the ONNX model under this name")
     alias: str = "candidate"
     providers: list[str] = Field(

@@ -52,7 +52,7 @@ def _export_files(cfg: Config, model, masks, src: StageInfo, data, tmp: Path) ->
     meta = _metadata(src, spec, data, ex.providers)
     fp32 = tmp / (ONNX_FILE if ex.precision == "fp32" else FP32_FILE)
     export_onnx(deploy, data.test.x[:2], fp32, metadata={**meta, "compress.precision": "fp32"},
-                opset=ex.opset)
+                opset=ex.opset, exporter=ex.exporter)
     parity_x = data.test.x[:ex.parity_samples]
     metrics = {"parity_rel_error": check_parity(fp32, model, parity_x, rtol=ex.rtol)}
     shrunk = deploy is not model
@@ -114,7 +114,7 @@ def _table(cfg: Config, model, data, columns: list, shrunk: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="compress-dense-") as scratch:
         if shrunk:  # the same masked model at dense shapes: what the shrink saves
             dense = export_onnx(model, data.test.x[:2], Path(scratch) / "dense.onnx",
-                                opset=ex.opset)
+                                opset=ex.opset, exporter=ex.exporter)
             columns = [Column("dense", dense, *module_size(model, data.test.x[:1]),
                               ort_test_metrics(dense, data.test)), *columns]
         return build_table(columns, data.in_shape, rounds=ex.latency_rounds)
@@ -189,7 +189,8 @@ def _fastest_rounding(model, example: torch.Tensor, masks, ex):
     from compress.export.onnx import export_onnx, ort_latencies
     shrunk = [shrink_cnn(model, example, masks, round_to=r, rtol=ex.rtol) for r in AUTO_ROUNDINGS]
     with tempfile.TemporaryDirectory(prefix="compress-round-") as scratch:
-        paths = [export_onnx(net, example, Path(scratch) / f"r{r}.onnx", opset=ex.opset)
+        paths = [export_onnx(net, example, Path(scratch) / f"r{r}.onnx", opset=ex.opset,
+                             exporter=ex.exporter)
                  for (net, _), r in zip(shrunk, AUTO_ROUNDINGS)]
         seconds = ort_latencies(paths, 16, tuple(example.shape[1:]), repeats=ex.latency_rounds,
                                 threads=TIMING_THREADS)

@@ -87,3 +87,17 @@ def test_round_to_auto_picks_the_fastest_measured_rounding(l1):
     r = compress("export", "--from", prune_dir, "--set", "export.round_to=fast", "--no-track",
                  "--out", "bad", cwd=root)
     assert_user_error(r, "export.round_to")
+
+
+def test_the_dynamo_exporter_gives_the_same_shrunk_model(l1):
+    import onnx
+    root, out = l1
+    prune_dir = out["stages"]["prune"]["artifacts"]["dir"]
+    ex = compress_json("export", "--from", prune_dir, "--set", "export.exporter=dynamo",
+                       "--set", "export.benchmark=false", "--no-track", "--out", "dynamo", cwd=root)
+    assert ex["metrics"]["parity_rel_error"] <= 1e-5
+    assert ex["metrics"]["onnx_test_accuracy"] == pytest.approx(out["metrics"]["test_accuracy"])
+
+    def shapes(path):
+        return sorted(tuple(i.dims) for i in onnx.load(path).graph.initializer if len(i.dims) == 4)
+    assert shapes(ex["artifacts"]["onnx"]) == shapes(out["artifacts"]["onnx"])
