@@ -12,7 +12,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -53,7 +53,7 @@ class RetrainConfig(Strict):
 class ExportConfig(Strict):
     shrink: bool | Literal["auto"] = Field(
         "auto", description="physically remove dead units: auto = where the model supports it")
-    round_to: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    round_to: int | Literal["auto"] = Field(
         8, description="CNN shrink: channels kept per group rounded up to a multiple of this "
                        "(dead ones fill in; 1 = off); auto: whichever of 1, 8, 16 runs fastest "
                        "in onnxruntime here at batch 16")
@@ -78,6 +78,13 @@ class ExportConfig(Strict):
     calibration_batch_size: int = Field(32, ge=1)
     benchmark: bool = Field(True, description="time dense vs shrunk (vs reduced) with onnxruntime")
     latency_rounds: int = Field(30, ge=1, description="timed round-robin runs per model and batch")
+
+    @field_validator("round_to", mode="before")
+    @classmethod
+    def _round_to(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be a whole number >= 1 (1 = exact widths) or 'auto', got {value!r}")
 
     @field_validator("providers", mode="before")
     @classmethod
