@@ -40,8 +40,8 @@ def _run_opts(name, **opts):
     return _run(name, extra=opts)
 
 
-def _run(name, seed=0, rounds=None, extra=None, **opts):
-    cfg = resolve(SETUP.get(name, TINY),
+def _run(name, seed=0, rounds=None, extra=None, setup=None, **opts):
+    cfg = resolve(setup or SETUP.get(name, TINY),
                   {"method": {"name": name, **FAST.get(name, {}), **opts, **(extra or {})}}, seed=seed)
     data = load_data(cfg)
     model = build(cfg, data)
