@@ -63,6 +63,8 @@ def parse_args(argv=None):
     ap.add_argument("--anneal-epochs", type=int, default=100, help="CPNA epochs per annealing phase")
     ap.add_argument("--final-epochs", type=int, default=10, help="CPNA epochs at the final sparsity")
     ap.add_argument("--mu", type=float, default=10.0, help="CPNA annealing rate")
+    ap.add_argument("--budget", choices=("live", "revive", "paper"), default=None,
+                    help="CPNA connection budget rule (default: the package default)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: on this shared 2-core box, 2 threads ran "
                          "~5x slower per step than 1 under load)")
@@ -124,7 +126,8 @@ def run_seed(name: str, ds: dict, seed: int, args, env) -> dict:
     t_seed = time.perf_counter()
     H = ds["hidden"]
     method = {"name": "cpna", "output_connections": ds["output"], "input_connections": ds["input"],
-              "mu": args.mu, "anneal_epochs": args.anneal_epochs, "final_epochs": args.final_epochs}
+              "mu": args.mu, "anneal_epochs": args.anneal_epochs, "final_epochs": args.final_epochs,
+              **({"budget": args.budget} if args.budget else {})}
     widths = sorted(set(args.grid) | {H})
     grid, dense = {}, None
     for w in widths:
