@@ -93,6 +93,21 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def save_results(path: Path, benchmark: str, status: str, meta: dict, args, protocol: dict,
+                 started: float, results: dict) -> dict:
+    """Write a benchmark's JSON: provenance, options, protocol, wall time and results."""
+    payload = {
+        "benchmark": benchmark, "status": status, **meta,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "protocol": protocol,
+        "wall_seconds_total": round(time.perf_counter() - started, 1),
+        "loadavg_end": list(os.getloadavg()),
+        "results": results,
+    }
+    write_json(path, payload)
+    return payload
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (nan for one value)."""
     vals = [v for v in values if v is not None and not math.isnan(v)]

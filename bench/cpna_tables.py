@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
 from common import (RESULTS_DIR, cfg_of, fmt_ms, log, make_env, markdown_table,  # noqa: E402
-                    mean_std, provenance, stage, write_json)
+                    mean_std, provenance, save_results, stage)
 from compress.data.base import DataBundle, Split  # noqa: E402
 from compress.registry import register_dataset  # noqa: E402
 
@@ -295,32 +295,26 @@ def main(argv=None) -> int:
                          "paper": TABLES[name].get("paper"), "seeds": []}
     t0 = time.perf_counter()
     payload: dict = {}
+    protocol = {
+        "data": "table shipped in an installed package, standardised on train statistics; "
+                "stratified 80/20 split (seed = run seed); val = stratified "
+                f"{args.val_fraction} of the 80%, the rest trains",
+        "train": "adam lr 1e-3, weight_decay 1e-4, batch min(128, ceil(n_train/10)); "
+                 f"dense pretrain {args.pretrain} ep; NN(best) and NN(eq) "
+                 f"{args.pretrain + 2 * args.anneal_epochs + args.final_epochs} ep",
+        "cpna": {"mu": args.mu, "anneal_epochs": args.anneal_epochs,
+                 "final_epochs": args.final_epochs, "width": args.width,
+                 "order": "sequential", "input_score": "path"},
+        "nn_eq": "dense width round(live / (inputs + outputs)) of each CPNA run",
+    }
 
     def save(status: str) -> None:
         for block in results.values():
             if block["seeds"]:
                 block["aggregate"] = aggregate(block["seeds"], args.budgets)
                 block["targets"] = {r: targets(block["aggregate"], r) for r in args.budgets}
-        payload.update({
-            "benchmark": "cpna_tables", "status": status, **meta,
-            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "protocol": {
-                "data": "scikit-learn bundled table, standardised on train statistics; "
-                        "stratified 80/20 split (seed = run seed); val = stratified "
-                        f"{args.val_fraction} of the 80%, the rest trains",
-                "train": "adam lr 1e-3, weight_decay 1e-4, batch min(128, ceil(n_train/10)); "
-                         f"dense pretrain {args.pretrain} ep; NN(best) and NN(eq) "
-                         f"{args.pretrain + 2 * args.anneal_epochs + args.final_epochs} ep",
-                "cpna": {"mu": args.mu, "anneal_epochs": args.anneal_epochs,
-                         "final_epochs": args.final_epochs, "width": args.width,
-                         "order": "sequential", "input_score": "path"},
-                "nn_eq": "dense width round(live / (inputs + outputs)) of each CPNA run",
-            },
-            "wall_seconds_total": round(time.perf_counter() - t0, 1),
-            "loadavg_end": list(__import__("os").getloadavg()),
-            "results": results,
-        })
-        write_json(args.out, payload)
+        payload.update(save_results(args.out, "cpna_tables", status, meta, args, protocol, t0,
+                                    results))
 
     try:
         for name in args.tables:
