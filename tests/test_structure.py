@@ -309,3 +309,20 @@ def test_units_without_inputs_or_outputs_are_dead_not_constant():
     # live: inputs -> h1 units 2, 3 (2 x 4), h1 units 2, 3 -> h2 units 0, 1 (4), h2 0, 1 -> out (4)
     assert spec["connections"]["live"] == 8 + 4 + 4
     assert spec["connections"]["kept"] == sum(int(m.sum()) for m in masks.values())
+
+
+def test_summary_table_counts_live_connections(capsys):
+    """The stage summary shows the live count (issue 14), not what the masks keep."""
+    from compress.report import stage_table
+    model = MLP(6, [5], 2)
+    masks = {"layers.0.weight": torch.ones(5, 6, dtype=torch.bool),
+             "layers.1.weight": torch.ones(2, 5, dtype=torch.bool)}
+    masks["layers.0.weight"][[1, 3]] = False  # two constant units: 4 connections not live
+    apply_masks(model, masks)
+    record = {"stage": "prune", "method": "cpna", "metrics": {"test_auc": 0.9}, "density": 0.5,
+              "structure": structure_report(model, masks), "out_dir": "o", "run_id": "r",
+              "dense_metrics": {"test_auc": 0.8}}
+    assert record["structure"]["connections"]["kept"] == 28
+    stage_table(record)
+    line = next(x for x in capsys.readouterr().out.splitlines() if "live connections" in x)
+    assert line.replace("│", " ").split()[-2:] == ["40", "24"]  # dense total, live
