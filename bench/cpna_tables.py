@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
-from common import (RESULTS_DIR, cfg_of, fmt_ms, log, make_env, markdown_table,  # noqa: E402
-                    mean_std, provenance, save_results, stage)
+from common import (RESULTS_DIR, cfg_of, fmt_ms, log, markdown_table,  # noqa: E402
+                    bench_run, mean_std, print_summary, save_results, stage)
 from compress.data.base import DataBundle, Split  # noqa: E402
 from compress.registry import register_dataset  # noqa: E402
 
@@ -282,53 +280,43 @@ def _span(values: list[int]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    meta = provenance()
-    work = args.work or Path(tempfile.mkdtemp(prefix="cpna-tables-"))
-    env = make_env(work)
-    log(f"work dir {work}; results -> {args.out}")
-    results = {}
-    for name in args.tables:
-        shape = table_shape(name, args.val_fraction)
-        out_c, in_c = budgets(shape, args.width)
-        results[name] = {"shape": shape, "budget": {"output": out_c, "input": in_c},
-                         "paper": TABLES[name].get("paper"), "seeds": []}
-    t0 = time.perf_counter()
-    payload: dict = {}
-    protocol = {
-        "data": "table shipped in an installed package, standardised on train statistics; "
-                "stratified 80/20 split (seed = run seed); val = stratified "
-                f"{args.val_fraction} of the 80%, the rest trains",
-        "train": "adam lr 1e-3, weight_decay 1e-4, batch min(128, ceil(n_train/10)); "
-                 f"dense pretrain {args.pretrain} ep; NN(best) and NN(eq) "
-                 f"{args.pretrain + 2 * args.anneal_epochs + args.final_epochs} ep",
-        "cpna": {"mu": args.mu, "anneal_epochs": args.anneal_epochs,
-                 "final_epochs": args.final_epochs, "width": args.width,
-                 "order": "sequential", "input_score": "path"},
-        "nn_eq": "dense width round(live / (inputs + outputs)) of each CPNA run",
-    }
+    with bench_run(args, "cpna-tables-") as (meta, env):
+        results = {}
+        for name in args.tables:
+            shape = table_shape(name, args.val_fraction)
+            out_c, in_c = budgets(shape, args.width)
+            results[name] = {"shape": shape, "budget": {"output": out_c, "input": in_c},
+                             "paper": TABLES[name].get("paper"), "seeds": []}
+        t0 = time.perf_counter()
+        payload: dict = {}
+        protocol = {
+            "data": "table shipped in an installed package, standardised on train statistics; "
+                    "stratified 80/20 split (seed = run seed); val = stratified "
+                    f"{args.val_fraction} of the 80%, the rest trains",
+            "train": "adam lr 1e-3, weight_decay 1e-4, batch min(128, ceil(n_train/10)); "
+                     f"dense pretrain {args.pretrain} ep; NN(best) and NN(eq) "
+                     f"{args.pretrain + 2 * args.anneal_epochs + args.final_epochs} ep",
+            "cpna": {"mu": args.mu, "anneal_epochs": args.anneal_epochs,
+                     "final_epochs": args.final_epochs, "width": args.width,
+                     "order": "sequential", "input_score": "path"},
+            "nn_eq": "dense width round(live / (inputs + outputs)) of each CPNA run",
+        }
 
-    def save(status: str) -> None:
-        for block in results.values():
-            if block["seeds"]:
-                block["aggregate"] = aggregate(block["seeds"], args.budgets)
-                block["targets"] = {r: targets(block["aggregate"], r) for r in args.budgets}
-        payload.update(save_results(args.out, "cpna_tables", status, meta, args, protocol, t0,
-                                    results))
+        def save(status: str) -> None:
+            for block in results.values():
+                if block["seeds"]:
+                    block["aggregate"] = aggregate(block["seeds"], args.budgets)
+                    block["targets"] = {r: targets(block["aggregate"], r) for r in args.budgets}
+            payload.update(save_results(args.out, "cpna_tables", status, meta, args, protocol, t0,
+                                        results))
 
-    try:
         for name in args.tables:
             for seed in range(args.seeds):
                 log(f"start {name} seed {seed}")
                 results[name]["seeds"].append(run_seed(name, seed, results[name]["shape"], args, env))
                 save("running")
         save("done")
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-    print()
-    print(tables_md(results, args.budgets))
-    print(f"\nresults: {args.out}  (total {payload['wall_seconds_total']:.0f} s)")
+    print_summary(tables_md(results, args.budgets), args, payload)
     return 0
 
 
