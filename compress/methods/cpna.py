@@ -11,6 +11,7 @@ connections is dropped by the export.
 `budget: live` counts only live connections (on a path from a kept input to an output) against
 M_e: a unit that loses its last input releases its outgoing connections and the freed budget
 goes to the next best connections of the layer being pruned (compress.methods.cpna_live).
+`budget: revive` keeps every unit's best input instead (measured worse on 3D-XOR: README).
 `budget: paper` counts every kept connection, as the paper does: units left without inputs keep
 their outgoing connections, which then carry only a constant.
 """
@@ -56,8 +57,9 @@ class CPNAParams(MethodParams):
     normalize: bool = Field(True, description="node normalisation (CPNA); false is CPA")
     granularity: Literal["connection", "node"] = "connection"
     budget: Literal["live", "revive", "paper"] = Field(
-        "live", description="count live connections only (units left without inputs release "
-        "their outputs; revive: they keep their best input) or every kept one (paper)")
+        "live", description="connection granularity: count live connections only (a unit left "
+        "without inputs releases its outputs; revive: it keeps its best input) or every kept "
+        "one (paper, the behaviour before issue 14)")
     units: int | None = Field(None, ge=1, description="node variant: hidden units kept per layer")
     unit_density: float | None = Field(None, gt=0, lt=1)
 
