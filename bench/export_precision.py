@@ -26,7 +26,8 @@ from common import RESULTS_DIR, log, make_env, markdown_table, provenance, write
 from compress.config import resolve  # noqa: E402
 from compress.export.bench_table import LATENCY_BATCHES, ort_test_metrics  # noqa: E402
 from compress.export.onnx import ort_latencies  # noqa: E402
-from compress.export.precision import PRECISIONS, calibration_batches, reduce_precision  # noqa: E402
+from compress.export.precision import calibration_batches, reduce_precision  # noqa: E402
+from compress.vocab import PRECISIONS  # noqa: E402
 from compress.stages.artifacts import read_stage  # noqa: E402
 from compress.stages.pipeline import run_one  # noqa: E402
 from compress.stages.runner import load_data  # noqa: E402

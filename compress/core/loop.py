@@ -29,7 +29,7 @@ from torch import nn
 from compress.core import dist
 from compress.core.masking import MaskEnforcer
 from compress.core.metrics import classification_metrics, loss_fn
-from compress.core.schedules import parse_duration
+from compress.core.schedules import parse_duration, steps_per_epoch
 from compress.errors import UserError
 
 
@@ -127,15 +127,15 @@ def fit(model: nn.Module, data, cfg, *, seed: int, hooks: Sequence[Hook] = (),
 
 def _fit(model: nn.Module, data, cfg, device: torch.device, *, seed: int, hooks, masks,
          duration, params, progress) -> list[dict]:
-    steps_per_epoch = max(1, -(-len(data.train) // cfg.batch_size))
-    total = parse_duration(duration or cfg.duration).steps(steps_per_epoch)
+    spe = steps_per_epoch(len(data.train), cfg.batch_size)
+    total = parse_duration(duration or cfg.duration).steps(spe)
     optimizer = make_optimizer([p for p in (params if params is not None else model.parameters())
                                 if p.requires_grad], cfg)
-    epochs = -(-total // steps_per_epoch)
+    epochs = -(-total // spe)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
                  if getattr(cfg, "schedule", "constant") == "cosine" else None)
     state = TrainState(model, optimizer, masks, device, total_steps=total,
-                       steps_per_epoch=steps_per_epoch)
+                       steps_per_epoch=spe)
     if masks is not None:
         masks.bind(model)
     net = dist.wrap(model)  # the model itself in one process

@@ -30,9 +30,9 @@ import onnxruntime as ort
 import torch
 
 from compress.errors import UserError
+from compress.vocab import PRECISIONS
 from compress.export.onnx import ExportError, INPUT_NAME, silenced, write_metadata
 
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 # Parity, accuracy and latency are measured here with this provider, whatever is recorded.
 CHECK_PROVIDER = "CPUExecutionProvider"

@@ -32,9 +32,10 @@ def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) 
     if masks is not None:
         apply_masks(model, masks)
     model.eval()
-    seeds = src.record.get("method_info", {}).get("seeds")
-    if seeds is not None:  # a random network: its weights must rebuild from its seeds
-        _verify_seeds(model, seeds, src, masks)
+    method = src.record.get("method")
+    if method:  # the producing method may refuse (e.g. weights that must rebuild from seeds)
+        from compress.registry import METHODS
+        METHODS.get(method).obj.verify_export(model, src, masks)
     record = run_stage("export", cfg, env,
                        lambda tmp: _export_files(cfg, model, masks, src, data, tmp),
                        src=src, out=out, method=src.record.get("method"))
@@ -139,17 +140,6 @@ def _deployment(ex) -> dict:
     from compress.export.precision import CHECK_PROVIDER, unavailable_here
     return {"precision": ex.precision, "providers": list(ex.providers),
             "checked_on": CHECK_PROVIDER, "unavailable_here": unavailable_here(ex.providers)}
-
-
-def _verify_seeds(model, seeds: dict, src: StageInfo, masks) -> None:
-    from compress.export.onnx import ExportError
-    from compress.methods.edgepopup import rebuild
-    redrawn = src.state("redrawn") if src.has("redrawn") else {}
-    params = dict(model.named_parameters())
-    for name, w in rebuild(model, seeds, redrawn, masks).items():
-        if not torch.equal(w, params[name].detach()):
-            raise ExportError(f"{name} in {src.dir} does not match the weights rebuilt from its "
-                              "seeds; the stage folder was altered, re-run the prune stage")
 
 
 def _deployable(cfg: Config, model, masks, example: torch.Tensor):
