@@ -47,7 +47,7 @@ def main() -> None:
         tmp = Path(tmp)
         rec = run_one("export", cfg, make_env(tmp / "runs"), src, tmp / "fp32")
         log(f"fp32 export: parity rel. error {rec['metrics']['parity_rel_error']:.2e}")
-        calib = calibration_batches(data.train.x, cfg.export.calibration_batches,
+        calib = calibration_batches(data.train, cfg.export.calibration_batches,
                                     cfg.export.calibration_batch_size, cfg.seed)
         paths = {"fp32": tmp / "fp32" / "model.onnx"}
         for p in PRECISIONS[1:]:

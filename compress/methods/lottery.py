@@ -125,7 +125,7 @@ def _test(model, data, prefix: str) -> dict[str, float]:
 
 def _control(mode: str, p: RewindOptions, ctx: PruneContext, masks: MaskSet, rewound) -> dict:
     start = controls.prepare(mode, build=ctx.build, masks=masks, trained=None, rewound=rewound,
-                             duration=ctx.train.duration, example=ctx.data.test.x[:1],
+                             duration=ctx.train.duration, example=ctx.data.test.head(1),
                              seed=ctx.seed, scope=p.scope)
     fit(start.model, ctx.data, ctx.train, seed=ctx.seed, masks=MaskEnforcer(start.masks),
         duration=start.duration)

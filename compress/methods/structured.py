@@ -92,7 +92,7 @@ def _producers(model: nn.Module, g: ChannelGroup) -> list[nn.Module]:
 
 
 def _groups(p: ChannelParams, ctx: PruneContext, method: str) -> _Groups:
-    example = ctx.data.train.x[:1]
+    example = ctx.data.train.head(1)
     ignore = [n.removesuffix(".weight") for n in p.keep_dense]
     groups = channel_groups(ctx.model, example, ignore=ignore, hint=_hint(method))
     kinds = (nn.modules.conv._ConvNd, nn.Linear) if p.linear else (nn.modules.conv._ConvNd,)

@@ -130,7 +130,7 @@ def retrain(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None)
     start = controls.prepare(mode, build=lambda o: build(cfg, data, seed_offset=o), masks=masks,
                              trained=src.state("weights") if mode == "finetune" else None,
                              rewound=rewound, duration=train_cfg.duration,
-                             example=data.test.x[:1], seed=cfg.seed, scope=cfg.retrain.scope)
+                             example=data.test.head(1), seed=cfg.seed, scope=cfg.retrain.scope)
 
     def body(tmp: Path) -> Work:
         history = fit(start.model, data, train_cfg, seed=cfg.seed, masks=MaskEnforcer(start.masks),

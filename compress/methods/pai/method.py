@@ -100,7 +100,7 @@ def score_batches(ctx: PruneContext, n: int) -> list[tuple[torch.Tensor, torch.T
     """The first n batches of a seeded shuffle of the training split."""
     split, size = ctx.data.train, ctx.train.batch_size
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(ctx.seed))
-    return [(split.x[i], split.y[i]) for i in (order[k * size:(k + 1) * size] for k in range(n))]
+    return list(split.batches(order[k * size:(k + 1) * size] for k in range(n)))
 
 
 def prune_at_init(p: PAIParams, ctx: PruneContext, scores: ScoreFn, label: str) -> PruneResult:
@@ -182,6 +182,6 @@ class SynFlow(PruneAtInit):
     test_settings = tiny(TINY_MLP, density=0.3, rounds=10)
 
     def scores(self, p: SynFlowParams, ctx, model, current) -> scoring.Scores:
-        in_shape = tuple(ctx.data.train.x.shape[1:])
+        in_shape = tuple(ctx.data.in_shape)
         return init_scores.synflow_iterative(model, in_shape, p.density, p.rounds, p.scope,
                                              names=list(current), current=current)

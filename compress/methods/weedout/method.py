@@ -207,7 +207,7 @@ def check(p: WeedoutParams, ctx: PruneContext) -> None:
     scopes), a val split too small to hold out and select on."""
     space = make_space(ctx.model, p)
     if isinstance(space, NodeSpace):
-        nm.check_chain(ctx.model, space.layers, ctx.data.val.x[:8])
+        nm.check_chain(ctx.model, space.layers, ctx.data.val.head(8))
     pool, _ = _split_val(len(ctx.data.val), p.heldout, ctx.seed)
     if len(pool) < 1:
         raise UserError(f"method.heldout={p.heldout} leaves no val samples for selection "
@@ -297,7 +297,7 @@ def weedout(p: WeedoutParams, ctx: PruneContext) -> PruneResult:
     for g in range(1, p.generations + 1):
         idx = pool if len(pool) <= p.fitness_batch else \
             pool[torch.randperm(len(pool), generator=batch_gen)[:p.fitness_batch]]
-        fitness = score(pop, val.x[idx], val.y[idx])
+        fitness = score(pop, *val.take(idx))
         best = int(torch.argmax(fitness))  # first maximum: ties keep the incumbent (index 0)
         improved = g == 1 or best != 0
         stale = 0 if improved else stale + 1
@@ -325,11 +325,11 @@ def weedout(p: WeedoutParams, ctx: PruneContext) -> PruneResult:
         if p.fitness_steps:
             both = nm.concat(nm.take(first, [control_index]),
                              {n: v[None] for n, v in winner.items()})
-            h = score(both, val.x[held], val.y[held])
+            h = score(both, *val.take(held))
             heldout = {"control": float(h[0]), "winner": float(h[1])}
         else:
             h = score(nm.concat(first, {n: v[None] for n, v in winner.items()}),
-                      val.x[held], val.y[held])
+                      *val.take(held))
             heldout = {"control": float(h[control_index]), "winner": float(h[-1]),
                        "population_mean": float(h[:m].mean()), "population_std": float(h[:m].std())}
     search_seconds = time.perf_counter() - started - callback_seconds
