@@ -205,6 +205,7 @@ def _metadata(src: StageInfo, spec: dict, data, providers: list[str]) -> dict[st
 def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) -> dict:
     m = record["source_metrics"]
     tags = {"method": str(record.get("method")), "density": f"{record['density']:.6g}",
+            **_model_lineage(src.record.get("model_ref") or {}),
             "dataset": data.name, "source_run": str(src.record.get("run_id")),
             "export_run": str(record["run_id"]), "data_fingerprint": data.fingerprint()[:16],
             "precision": cfg.export.precision, "providers": ",".join(cfg.export.providers),
@@ -214,3 +215,22 @@ def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) ->
                                          tags=tags, alias=cfg.export.alias,
                                          input_example=data.test.head(2).numpy(),
                                          providers=list(cfg.export.providers))
+
+
+def _model_lineage(ref: dict) -> dict[str, str]:
+    """Registry tags naming the model that was compressed: its reference (a registered model's
+    pinned URI and version), and where its trained weights came from (file sha256 or URI)."""
+    source = ref.get("pinned_uri") or ref.get("name", "")
+    tags = {"source_model": str(source)}
+    registry = next((u for u in (ref.get("pinned_uri"), ref.get("weights"))
+                     if isinstance(u, str) and u.startswith("models:/")), None)
+    if registry:
+        tags["source_model_uri"], tags["source_model_version"] = registry, registry.rsplit("/", 1)[1]
+    if ref.get("weights"):
+        tags["weights"] = str(ref["weights"])
+    if ref.get("weights_sha256"):
+        tags["weights_sha256"] = ref["weights_sha256"]
+    if ref.get("file_sha256"):
+        tags["model_code_sha256"] = ref["file_sha256"]
+    return tags
+
