@@ -34,7 +34,8 @@ OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", "-o", help="Output folder (a stage's folder; for multi-stage commands, their root).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 FromOpt = Annotated[Optional[str], typer.Option(
-    "--from", help="Source: a stage folder or an MLflow run id.")]
+    "--from", help="Source: a stage folder or an MLflow run id (prune also takes a registered "
+                   "model, models:/NAME@ALIAS or models:/NAME/VERSION).")]
 TrackOpt = Annotated[bool, typer.Option("--track/--no-track", help="Log to MLflow.")]
 FreshOpt = Annotated[bool, typer.Option(
     "--fresh", help="Re-run every stage instead of reusing finished, identical ones.")]
@@ -67,6 +68,10 @@ class Invocation:
     def source(self, ref: str, env):
         """A stage folder, or an MLflow run id resolved to one."""
         from compress.stages.artifacts import read_stage
+        if ref.startswith("models:/"):
+            raise UserError(f"{ref} is a registered model, not a stage: compress it with "
+                            f"`compress prune --from {ref} --method NAME` (or evaluate it with "
+                            f"`compress import --set model.name={ref}`)")
         path = Path(ref)
         if path.exists():
             return read_stage(path)
@@ -102,8 +107,17 @@ def _single(stage: str, inv: Invocation, src_ref: str | None) -> None:
 @app.command()
 def pretrain(config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
              out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True) -> None:
-    """Train the dense network (saves its init weights for rewinding)."""
+    """Train the dense network (saves its init weights for rewinding); with model.weights,
+    fine-tune those weights."""
     _single("pretrain", Invocation(config, set_, seed, out, as_json, track), None)
+
+
+@app.command("import")
+def import_cmd(config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
+               out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True) -> None:
+    """Evaluate a trained model (model.weights, or model.name=models:/NAME@ALIAS) on the data:
+    the dense baseline that prune and retrain start from. Nothing is trained."""
+    _single("import", Invocation(config, set_, seed, out, as_json, track), None)
 
 
 @app.command()
@@ -117,21 +131,34 @@ def prune(method: Annotated[str, typer.Option("--method", "-m", help="A register
           register: Annotated[Optional[str], typer.Option(
               help="Register the exported ONNX model under this name.")] = None,
           gate: GateOpt = None, fresh: FreshOpt = False) -> None:
-    """Prune with a method. Without --from, pretrains first; exports the winner to ONNX."""
+    """Prune with a method, then export the winner to ONNX. Without --from, the first stage is
+    import (a trained model: model.weights, or --from models:/NAME@ALIAS) or pretrain."""
     from compress.gates import parse_gates
     from compress.registry import METHODS
     gates = parse_gates(gate)
     METHODS.get(method)  # unknown names fail here, listing the valid ones
     extra = {"method": {"name": method}, **({"export": {"registry_name": register}} if register else {})}
+    if source and source.startswith("models:/"):  # a registered model: imported, then pruned
+        from compress.tracking.model_source import is_module, pin
+        pinned = pin(source)
+        # A pickled module is the architecture; a traced graph (pt2) only brings its weights.
+        extra["model"] = {"name": pinned} if is_module(pinned) else {"weights": pinned}
+        source = None
     inv = Invocation(config, set_, seed, out, as_json, track, extra=extra)
-    stages = [{"id": "prune", "stage": "prune", "from": "source" if source else "pretrain"}]
+    first = "import" if _arrives_trained(inv.config().model) else "pretrain"
+    stages = [{"id": "prune", "stage": "prune", "from": "source" if source else first}]
     if not source:
-        stages.insert(0, {"id": "pretrain", "stage": "pretrain"})
+        stages.insert(0, {"id": first, "stage": first})
     if export:
         stages.append({"id": "export", "stage": "export", "from": "prune"})
     _run_spec({"name": f"prune-{method}", "stages": stages,
                "sources": {"source": source} if source else {}}, inv, main="prune", gates=gates,
               fresh=fresh)
+
+
+def _arrives_trained(model: dict) -> bool:
+    """A model with trained weights starts with the import stage, not pretraining."""
+    return bool(model.get("weights")) or str(model.get("name", "")).startswith("models:/")
 
 
 def _run_spec(spec: dict, inv: Invocation, main: str | None, gates=(), fresh: bool = False) -> None:

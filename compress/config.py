@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from compress.core.schedules import DurationStr
 
 from compress.errors import UserError
+from compress.vocab import Exporter, Precision, RetrainMode
 
 NAMED_SECTIONS = ("data", "model", "method")
+# Options of a named section that belong to every entry, so a change of `name` keeps them.
+SHARED_KEYS = {"model": ("weights", "reset_head")}
 
 
 class Strict(BaseModel):
@@ -39,11 +42,26 @@ class TrainConfig(Strict):
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="where fit() trains: cpu, cuda (under torchrun the local rank's GPU), "
                            "or auto (cuda when available)")
+    # Set by the stage, never by config: the dense model that distills into this training.
+    _teacher: Any = PrivateAttr(default=None)
+
+    def with_teacher(self, teacher: Any, distill: "DistillConfig | None") -> "TrainConfig":
+        """A copy whose trainings distill from `teacher` (None: a plain copy)."""
+        out = self.model_copy()
+        out._teacher = (teacher, distill) if teacher is not None and distill is not None else None
+        return out
+
+
+class DistillConfig(Strict):
+    """Knowledge distillation from the dense model into every training of a prune or retrain
+    stage: loss = (1 - alpha) * task loss + alpha * T^2 * KL(teacher_T || student_T)."""
+
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
+    temperature: float = Field(4.0, gt=0, description="softens both models' outputs")
 
 
 class RetrainConfig(Strict):
-    mode: Literal["finetune", "rewind", "reinit", "scratch_e", "scratch_b", "random_prune"] = \
-        "finetune"
+    mode: RetrainMode = "finetune"
     rewind: DurationStr = Field("0it", description="rewind point for rewind/random_prune: '0it' = init")
     scope: Literal["layerwise", "global"] = Field(
         "layerwise", description="random_prune: keep per-layer counts, or only the total")
@@ -60,7 +78,7 @@ class ExportConfig(Strict):
     rtol: float = Field(1e-5, gt=0, description="max relative error of ONNX vs PyTorch")
     parity_samples: int = Field(256, ge=1)
     opset: int | None = None
-    exporter: Literal["torchscript", "dynamo"] = Field(
+    exporter: Exporter = Field(
         "torchscript", description="torch.onnx.export path: torchscript (0.1-0.3 s for the "
                                    "CPNA MLP) or dynamo (torch's default, 2-8 s there)")
     registry_name: str | None = Field(None, description="register the ONNX model under this name")
@@ -69,7 +87,7 @@ class ExportConfig(Strict):
         default_factory=lambda: ["CPUExecutionProvider"],
         description="onnxruntime execution providers recorded for deployment (ONNX metadata, "
                     "MLflow model); checks here always run on the CPU provider")
-    precision: Literal["fp32", "fp16", "int8-dynamic", "int8-static"] = Field(
+    precision: Precision = Field(
         "fp32", description="precision of the deployed model.onnx (fp32 kept as model.fp32.onnx)")
     max_accuracy_drop: float = Field(
         0.01, ge=0, le=1, description="refuse a reduced-precision model whose onnxruntime test "
@@ -117,6 +135,9 @@ class Config(Strict):
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"})
     train: TrainConfig = Field(default_factory=TrainConfig)
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "cpna"})
+    distill: DistillConfig | None = Field(
+        None, description="distill from the dense model while pruning and retraining "
+                          "({alpha: 0.5, temperature: 4.0}); null = off")
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -134,9 +155,11 @@ class Config(Strict):
     def dump(self) -> dict:
         return self.model_dump(mode="json")
 
-    def digest(self, *extra: str, sections: tuple[str, ...] | None = None) -> str:
-        """Stable hash of this config (or of some of its sections) plus its inputs' identities."""
-        body = self.dump()
+    def digest(self, *extra: str, sections: tuple[str, ...] | None = None,
+               replace: dict | None = None) -> str:
+        """Stable hash of this config (or of some of its sections) plus its inputs' identities;
+        `replace` swaps sections for what identifies them (e.g. files by their sha256)."""
+        body = {**self.dump(), **(replace or {})}
         if sections is not None:
             body = {k: body[k] for k in sections}
         blob = json.dumps([body, *extra], sort_keys=True, default=str)
@@ -145,7 +168,8 @@ class Config(Strict):
 
 # ---------------------------------------------------------------- layering
 def merge(base: dict, over: dict) -> dict:
-    """Deep merge; a named section whose `name` changes is replaced, not merged."""
+    """Deep merge; a named section whose `name` changes is replaced, not merged (but keeps
+    the options every entry of it takes, e.g. model.weights)."""
     out = copy.deepcopy(base)
     for key, value in over.items():
         old = out.get(key)
@@ -153,6 +177,9 @@ def merge(base: dict, over: dict) -> dict:
                    and "name" in value and value["name"] != old.get("name"))
         if isinstance(value, dict) and isinstance(old, dict) and not renamed:
             out[key] = merge(old, value)
+        elif renamed:
+            kept = {k: old[k] for k in SHARED_KEYS.get(key, ()) if k in old}
+            out[key] = {**copy.deepcopy(kept), **copy.deepcopy(value)}
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -232,11 +259,19 @@ def _validate_named(cfg: Config) -> None:
             raise UserError(f"config error at {key}.name: missing; valid: {', '.join(reg.names())}")
         entry = reg.get(body["name"])
         opts = {k: v for k, v in body.items() if k != "name"}
+        common = {}
+        if key == "model":  # keys every model takes (weights, reset_head), beside its own
+            from compress.models.base import split_options
+            try:
+                shared, opts = split_options(opts)
+            except ValidationError as e:
+                raise UserError(format_validation(e, prefix=key)) from None
+            common = shared.model_dump(mode="json", exclude_defaults=True)
         try:
             typed = entry.params(**opts) if entry.params else None
         except ValidationError as e:
             raise UserError(format_validation(e, prefix=key)) from None
-        full = {"name": body["name"], **(typed.model_dump(mode="json") if typed else {})}
+        full = {"name": body["name"], **(typed.model_dump(mode="json") if typed else {}), **common}
         setattr(cfg, key, full)
 
 

@@ -111,8 +111,8 @@ def test_revive_with_fewer_connections_than_units_keeps_the_strongest_paths():
 def test_live_budget_leaves_only_live_connections_in_a_deeper_mlp(budget):
     """hidden_density prunes the hidden->hidden layer too; every kept connection ends up live and
     the total stays within the three layers' budgets."""
-    from tests.test_methods import TINY, _run
-    deep = {**TINY, "model": {"name": "mlp", "hidden": [16, 8]}}
+    from tests.test_methods import _run
+    deep = {"model": {"name": "mlp", "hidden": [16, 8]}}
     _, result = _run("cpna", setup=deep, budget=budget, hidden_density=0.2,
                      output_connections=4, input_connections=12)
     masks = [result.masks[f"layers.{i}.weight"] for i in range(3)]

@@ -28,7 +28,8 @@ from compress.errors import UserError
 from compress.stages.artifacts import STAGE_FILE, StageInfo, read_stage
 from compress.stages.runner import StageEnv, identity
 
-StageName = Literal["pretrain", "prune", "retrain", "export"]
+StageName = Literal["import", "pretrain", "prune", "retrain", "export"]
+FIRST_STAGES = ("import", "pretrain")  # stages that start a lineage (no `from`)
 
 
 class StageSpec(BaseModel):
@@ -40,8 +41,11 @@ class StageSpec(BaseModel):
 
     @model_validator(mode="after")
     def _needs_source(self):
-        if self.stage != "pretrain" and not self.from_:
+        if self.stage not in FIRST_STAGES and not self.from_:
             raise ValueError(f"stage {self.id!r} ({self.stage}) needs `from: <earlier stage id>`")
+        if self.stage in FIRST_STAGES and self.from_:
+            raise ValueError(f"stage {self.id!r} ({self.stage}) starts a lineage and takes no "
+                             "`from`")
         return self
 
 
@@ -114,10 +118,12 @@ def preflight(stages: list[Planned], sources: dict[str, StageInfo]) -> None:
             continue
         src = p.spec.from_
         if src in sources:
-            dense = sources[src].record.get("dense_train")
+            record = sources[src].record
+            dense, imported = record.get("dense_train"), record.get("dense_train", {}) is None
         else:
             dense = planned[src].cfg.train.model_dump() if src in planned else None
-        check_prune(p.cfg, dense)
+            imported = src in planned and planned[src].spec.stage == "import"
+        check_prune(p.cfg, dense, imported)
 
 
 def stage_status(p: Planned) -> tuple[str, StageInfo | None]:
@@ -253,6 +259,8 @@ def run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | N
     if src is not None:
         check_source(cfg, src)
     train_stages.check_device(stage, cfg)
+    if stage == "import":
+        return train_stages.import_model(cfg, env, out)
     if stage == "pretrain":
         return train_stages.pretrain(cfg, env, out)
     if stage == "export":  # nothing to train: rank 0 exports alone, the others get its record

@@ -71,6 +71,20 @@ def build(cfg: Config, data, seed_offset: int = 0) -> nn.Module:
     return build_model(name, opts, data.in_shape, data.num_classes)
 
 
+def model_reference(section: dict) -> dict:
+    """How every later command rebuilds this model (reference, options, sha256 of weights and
+    code)."""
+    from compress.models.base import reference
+    return reference(section)
+
+
+def load_trained(model: nn.Module, cfg: Config, data) -> dict | None:
+    """Load the configured trained weights (model.weights, or a registered model's) into a
+    freshly built `model`; returns what was loaded (for the record), None if there are none."""
+    from compress.models.base import initial_weights
+    return initial_weights(model, cfg.model, data.test.head(1))
+
+
 def split_metrics(model: nn.Module, data) -> dict[str, float]:
     out = {}
     for split in ("val", "test"):
@@ -81,6 +95,7 @@ def split_metrics(model: nn.Module, data) -> dict[str, float]:
 # The config sections each stage reads: its identity hashes only these (plus its source's
 # identity), so changing a prune option does not invalidate a finished pretrain.
 STAGE_INPUTS = {
+    "import": ("seed", "data", "model"),
     "pretrain": ("seed", "data", "model", "train"),
     "prune": ("seed", "data", "model", "train", "method"),
     "retrain": ("seed", "data", "model", "train", "retrain"),
@@ -88,8 +103,18 @@ STAGE_INPUTS = {
 }
 
 
+DISTILLING_STAGES = ("prune", "retrain")
+
+
 def identity(stage: str, cfg: Config, source_id: str = "") -> str:
-    return cfg.digest(stage, source_id, sections=STAGE_INPUTS[stage])
+    """Hash of the config sections `stage` reads (files by their sha256) and its source's
+    identity."""
+    from compress.models.base import identity as model_identity
+    sections = STAGE_INPUTS[stage]
+    if cfg.distill is not None and stage in DISTILLING_STAGES:
+        sections += ("distill",)
+    return cfg.digest(stage, source_id, sections=sections,
+                      replace={"model": model_identity(cfg.model)})
 
 
 def stage_id(stage: str, cfg: Config, src: StageInfo | None) -> str:
@@ -114,7 +139,8 @@ def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Wor
             work = body(tmp)
             record = {
                 "stage": stage, "id": sid, "run_id": run_id, "method": method,
-                "config": cfg.dump(), "metrics": work.metrics, "density": work.density,
+                "config": cfg.dump(), "model_ref": model_reference(cfg.model),
+                "metrics": work.metrics, "density": work.density,
                 "files": work.files, "source": _source(src), "out_dir": str(out_dir),
                 "tracking": env.tracker.describe(), **work.extra,
                 "seconds": round(time.perf_counter() - started, 3),
