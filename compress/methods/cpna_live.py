@@ -30,8 +30,9 @@ def keep_release(scores: torch.Tensor, budget: int, fan_out: torch.Tensor) -> to
     """The best connections whose cost (1 each, plus fan_out for a unit's first) fits budget."""
     n_rows, n_cols = scores.shape
     flat = scores.flatten()
-    n = int(torch.isfinite(flat).sum())
-    order = torch.sort(flat, descending=True, stable=True).indices[:n]
+    order = torch.sort(flat, descending=True, stable=True).indices
+    order = order[torch.isfinite(flat[order])]  # candidates only (a NaN score is none either)
+    n = len(order)
     rows = order // n_cols
     pos = torch.arange(n)
     # Position (in score order) of each unit's best candidate: the one that revives it.
