@@ -130,6 +130,8 @@ class TrackingConfig(Strict):
 
 
 class Config(Strict):
+    plugins: list[str] = Field(default_factory=list, description="modules (or .py files) that "
+                                                                 "register methods, models, datasets")
     seed: int = 0
     data: dict[str, Any] = Field(default_factory=lambda: {"name": "xor"})
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"})
@@ -175,7 +177,9 @@ def merge(base: dict, over: dict) -> dict:
         old = out.get(key)
         renamed = (key in NAMED_SECTIONS and isinstance(value, dict) and isinstance(old, dict)
                    and "name" in value and value["name"] != old.get("name"))
-        if isinstance(value, dict) and isinstance(old, dict) and not renamed:
+        if key == "plugins" and isinstance(old, list) and isinstance(value, list):
+            out[key] = list(dict.fromkeys([*old, *value]))  # every layer's plugins, once
+        elif isinstance(value, dict) and isinstance(old, dict) and not renamed:
             out[key] = merge(old, value)
         elif renamed:
             kept = {k: old[k] for k in SHARED_KEYS.get(key, ()) if k in old}
@@ -222,6 +226,15 @@ def load_yaml(path: Path, what: str = "config file") -> dict:
     return data
 
 
+def _load_plugins(layers: tuple[dict, ...]) -> None:
+    """Import the plugins any layer names before names are looked up in the registries."""
+    names = [p for layer in layers if isinstance(layer, dict)
+             for p in (layer.get("plugins") or []) if isinstance(p, str)]
+    if names:
+        from compress.plugins import load_plugins
+        load_plugins(names)
+
+
 def _method_defaults(layers: list[dict]) -> dict:
     """The embedded defaults of whichever method the layers select (the last name wins)."""
     from compress.registry import METHODS
@@ -236,6 +249,7 @@ def _method_defaults(layers: list[dict]) -> dict:
 
 def resolve(*layers: dict, seed: int | None = None) -> Config:
     """Merge layers over the defaults, validate every section, return the typed config."""
+    _load_plugins(layers)
     merged: dict = Config().dump()
     merged = merge(merged, _method_defaults(list(layers)))
     for layer in layers:

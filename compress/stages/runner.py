@@ -113,6 +113,8 @@ def identity(stage: str, cfg: Config, source_id: str = "") -> str:
     sections = STAGE_INPUTS[stage]
     if cfg.distill is not None and stage in DISTILLING_STAGES:
         sections += ("distill",)
+    if cfg.plugins:  # the code that ran is part of what a stage is
+        sections += ("plugins",)
     return cfg.digest(stage, source_id, sections=sections,
                       replace={"model": model_identity(cfg.model)})
 
