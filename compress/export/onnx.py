@@ -211,14 +211,6 @@ def check_parity(onnx_path: Path, reference: nn.Module, inputs: torch.Tensor, rt
     return err
 
 
-def ort_latency(path: Path, batch: int, in_features: int | Sequence[int], repeats: int = 50,
-                threads: int = 2, warmup: int = 5,
-                providers: Sequence[str] | None = None) -> float:
-    """Median seconds of one onnxruntime run on a random batch (in_features: width or shape)."""
-    return ort_latencies([path], batch, in_features, repeats=repeats, threads=threads,
-                         warmup=warmup, providers=providers)[0]
-
-
 def ort_latencies(paths: Sequence[Path], batch: int, in_features: int | Sequence[int],
                   repeats: int = 50, threads: int = 2, warmup: int = 5,
                   providers: Sequence[str] | None = None) -> list[float]:
