@@ -134,9 +134,11 @@ class Config(Strict):
     def dump(self) -> dict:
         return self.model_dump(mode="json")
 
-    def digest(self, *extra: str, sections: tuple[str, ...] | None = None) -> str:
-        """Stable hash of this config (or of some of its sections) plus its inputs' identities."""
-        body = self.dump()
+    def digest(self, *extra: str, sections: tuple[str, ...] | None = None,
+               replace: dict | None = None) -> str:
+        """Stable hash of this config (or of some of its sections) plus its inputs' identities;
+        `replace` swaps whole sections for what should be hashed instead."""
+        body = {**self.dump(), **(replace or {})}
         if sections is not None:
             body = {k: body[k] for k in sections}
         blob = json.dumps([body, *extra], sort_keys=True, default=str)
@@ -221,6 +223,20 @@ def resolve(*layers: dict, seed: int | None = None) -> Config:
         raise UserError(format_validation(e)) from None
     _validate_named(cfg)
     return cfg
+
+
+def tracking_settings(*layers: dict) -> TrackingConfig:
+    """The tracking section the layers select (what a command needs before it reads its
+    source stage, whose config the other sections build on)."""
+    merged: dict = {}
+    for layer in layers:
+        section = layer.get("tracking")
+        if isinstance(section, dict):
+            merged = merge(merged, section)
+    try:
+        return TrackingConfig(**merged)
+    except ValidationError as e:
+        raise UserError(format_validation(e, prefix="tracking")) from None
 
 
 def _validate_named(cfg: Config) -> None:

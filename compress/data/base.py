@@ -161,10 +161,15 @@ class DataBundle:
     classes: list[str] | None = None
     facts: dict = field(default_factory=dict)  # recorded with the stage (e.g. computed mean/std)
     digest: Callable[[], str] | None = None
+    raw_rows: Callable[[str, slice], dict] | None = None  # tables: see compress.data.table
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def fingerprint(self) -> str:
-        if self.digest is not None:
-            return self.digest()
+        if self._fingerprint is None:  # every stage records it: hash the tensors once
+            self._fingerprint = self.digest() if self.digest is not None else self._tensor_digest()
+        return self._fingerprint
+
+    def _tensor_digest(self) -> str:
         h = hashlib.sha256()
         for s in (self.train, self.val, self.test):
             if not isinstance(s, Split):

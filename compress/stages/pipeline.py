@@ -262,9 +262,13 @@ def run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | N
 
 
 def check_source(cfg, src: StageInfo) -> None:
-    """Later stages must use the data and model their source was trained with."""
+    """Later stages must use the data and model their source was trained with (options that
+    only change loading speed, like data.num_workers, may differ)."""
+    from compress.data.filebacked import identity_view
     for key in ("data", "model"):
-        theirs = src.record["config"][key]
-        if getattr(cfg, key) != theirs:
+        theirs, ours = src.record["config"][key], getattr(cfg, key)
+        if key == "data":
+            theirs, ours = identity_view(theirs), identity_view(ours)
+        if ours != theirs:
             raise UserError(f"{key} differs from the source stage in {src.dir} ({theirs}); "
                             f"a stage reads its source's {key}, so do not change {key}.* here")

@@ -53,14 +53,24 @@ class Work:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_data(name: str, opts_json: str):
+def _cached_data(name: str, opts_json: str, files: str | None):
     from compress.data import load_dataset
     return load_dataset(name, json.loads(opts_json))
 
 
 def load_data(cfg: Config):
+    """The configured data; loaded once per process for the same options and, for files,
+    the same fingerprint (an edited file is read again)."""
+    from compress.data.filebacked import files_fingerprint
     name, opts = cfg.section("data")
-    return _cached_data(name, json.dumps(opts, sort_keys=True))
+    return _cached_data(name, json.dumps(opts, sort_keys=True), files_fingerprint(cfg.data))
+
+
+def data_record(data) -> dict:
+    """What every stage records about its data: the fingerprint and the loader's facts
+    (e.g. computed mean/std, class names, dropped rows)."""
+    return {"data_fingerprint": data.fingerprint(), "data_facts": data.facts,
+            **({"data_preprocess": data.preprocess} if data.preprocess else {})}
 
 
 def build(cfg: Config, data, seed_offset: int = 0) -> nn.Module:
@@ -89,7 +99,14 @@ STAGE_INPUTS = {
 
 
 def identity(stage: str, cfg: Config, source_id: str = "") -> str:
-    return cfg.digest(stage, source_id, sections=STAGE_INPUTS[stage])
+    """Hash of the config sections the stage reads and its source's identity; for file-backed
+    data also the files' fingerprint (edited data is never reused) and without the options
+    that only change loading speed."""
+    from compress.data.filebacked import files_fingerprint, identity_view
+    view, files = identity_view(cfg.data), files_fingerprint(cfg.data)
+    return cfg.digest(stage, source_id, *((files,) if files else ()),
+                      sections=STAGE_INPUTS[stage],
+                      replace={"data": view} if view != cfg.data else None)
 
 
 def stage_id(stage: str, cfg: Config, src: StageInfo | None) -> str:

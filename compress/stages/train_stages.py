@@ -14,7 +14,8 @@ from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
 from compress.core.masks import MaskSet
 from compress.errors import UserError
 from compress.stages.artifacts import INIT, WEIGHTS, StageInfo, plot_curve, plot_density, save_state
-from compress.stages.runner import StageEnv, Work, build, load_data, run_stage, split_metrics
+from compress.stages.runner import (StageEnv, Work, build, data_record, load_data, run_stage,
+                                    split_metrics)
 
 
 def pretrain(cfg: Config, env: StageEnv, out: Path | None = None) -> dict:
@@ -26,7 +27,7 @@ def pretrain(cfg: Config, env: StageEnv, out: Path | None = None) -> dict:
         history = fit(model, data, cfg.train, seed=cfg.seed, progress="pretrain" if env.progress else None)
         save_state(model, tmp / WEIGHTS)
         return Work({"weights": WEIGHTS, "init": INIT}, split_metrics(model, data), 1.0, history,
-                    {"structure": structure(model, None), "data_fingerprint": data.fingerprint(),
+                    {"structure": structure(model, None), **data_record(data),
                      "dense_train": cfg.train.model_dump(), "dense_seed": cfg.seed})
 
     return run_stage("pretrain", cfg, env, body, out=out)
@@ -159,7 +160,8 @@ def _finish(tmp: Path, model, masks: MaskSet, src: StageInfo, data, history, ext
     plot_density(masks, tmp / "density.png", extra.get("mode") or "pruned")
     files = {"weights": WEIGHTS, "init": INIT, "masks": "masks.safetensors",
              "density_plot": "density.png"}
-    extra = {**extra, "layer_density": masks.layer_density(), "structure": structure(model, masks),
+    extra = {**extra, **data_record(data), "layer_density": masks.layer_density(),
+             "structure": structure(model, masks),
              "dense_train": src.record.get("dense_train"), "dense_seed": src.record.get("dense_seed")}
     return Work(files, split_metrics(model, data), masks.density(), history, extra)
 
