@@ -199,6 +199,8 @@ def _metadata(src: StageInfo, spec: dict, data, providers: list[str]) -> dict[st
         "compress.kept_features": json.dumps(spec.get("input_kept", "all")),
         "compress.dataset": data.name, "compress.input_width": str(math.prod(data.in_shape)),
         "compress.providers": json.dumps(list(providers)),
+        # What a deployment does to raw inputs first (image decoding; tables: inside the graph)
+        **({"compress.preprocess": json.dumps(data.preprocess)} if data.preprocess else {}),
     }
 
 
