@@ -289,6 +289,25 @@ def methods(as_json: JsonOpt = False) -> None:
         print(f"{e.name:<{width}}  {e.summary}")
 
 
+def _catalog(kind: str, as_json: bool) -> None:
+    from compress.catalog import catalog, render
+    from compress.registry import DATASETS, MODELS
+    items = catalog({"dataset": DATASETS, "model": MODELS}[kind])
+    print(json.dumps(items, default=str) if as_json else render(items))
+
+
+@app.command()
+def datasets(as_json: JsonOpt = False) -> None:
+    """List the registered datasets with their options (the data.* keys)."""
+    _catalog("dataset", as_json)
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the registered models (and torchvision:NAME) with their options (model.* keys)."""
+    _catalog("model", as_json)
+
+
 # ------------------------------------------------------------------ registry
 def _registry():
     from compress.tracking.registry import Registry

@@ -256,6 +256,11 @@ def _validate_named(cfg: Config) -> None:
         setattr(cfg, key, full)
 
 
+# Where each named section's valid keys are listed (other sections: the README).
+LISTINGS = {"data": "`compress datasets`", "model": "`compress models`",
+            "method": "`compress methods`"}
+
+
 def format_validation(e: ValidationError, prefix: str = "") -> str:
     """One line: every error as 'at a.b: message'."""
     parts = []
@@ -263,6 +268,7 @@ def format_validation(e: ValidationError, prefix: str = "") -> str:
         loc = ".".join(str(x) for x in ((prefix,) if prefix else ()) + tuple(err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `compress methods` and the README list keys)"
+            where = LISTINGS.get(loc.split(".")[0], "the README")
+            msg = f"unknown key (check the spelling; {where} lists the keys)"
         parts.append(f"at {loc or '<top>'}: {msg}")
     return "config error " + "; ".join(parts)
