@@ -89,9 +89,13 @@ class StreamSplit(SplitBase):
     """
 
     def __init__(self, dataset, labels: torch.Tensor, num_workers: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, max_chunk: int | None = None):
         self.dataset, self.labels = dataset, torch.as_tensor(labels, dtype=torch.long)
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.max_chunk = max_chunk  # largest evaluation batch (large images: bounded memory)
+
+    def chunks(self, size: int, rows: slice | None = None) -> Iterator[Batch]:
+        return super().chunks(min(size, self.max_chunk or size), rows)
 
     def batches(self, index_lists: Iterable[torch.Tensor], *, augment: bool = False,
                 seed: int = 0) -> Iterator[Batch]:

@@ -36,6 +36,7 @@ from compress.errors import UserError
 from compress.registry import register_dataset
 
 STATS_SAMPLE = 512  # train images decoded to compute mean/std when they are not given
+CHUNK_BYTES = 64 << 20  # evaluation reads at most this many bytes of images per batch
 HEADER_SAMPLE = 32  # files per split whose header is read up front
 
 
@@ -214,9 +215,10 @@ def load_imagefolder(p: ImageFolderParams) -> DataBundle:
     given = p.mean is not None
     mean, std = (p.mean, p.std) if given else pixel_stats(plain["train"], p)
     scale = p.crop_scale if p.augment == "standard" else None
+    chunk = max(1, CHUNK_BYTES // (4 * p.channels * size[0] * size[1]))
     splits = {s: StreamSplit(ImageFiles(layout.root, rels, labels, size, p.channels, mean, std,
                                         scale if s == "train" else None),
-                             torch.from_numpy(labels), p.num_workers, p.pin_memory)
+                             torch.from_numpy(labels), p.num_workers, p.pin_memory, chunk)
               for s, (rels, labels) in files.items()}
     preprocess = {"kind": "image", "size": list(size), "channels": p.channels, "mean": mean,
                   "std": std, "resize": "cover, center crop, bilinear", "scale": 1 / 255,

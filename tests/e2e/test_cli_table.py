@@ -152,3 +152,15 @@ def test_a_split_file_without_a_class_is_one_line(split_csvs, tmp_path):
                  *sets(*TINY_MLP, f"data.train={split_csvs['train']}", f"data.val={split_csvs['val']}",
                        f"data.test={lacking}"), cwd=tmp_path)
     assert_user_error(r, "the test split", "class 'class_2'")
+
+
+def test_stage_identity_follows_the_table_file(tmp_path):
+    from compress.config import resolve
+    from compress.stages.runner import identity
+    path = write_table(wine_frame(), tmp_path / "w.csv")
+    cfg = resolve({"data": {"name": "table", "path": str(path), "target": "cultivar"}})
+    before = identity("pretrain", cfg)
+    assert identity("export", cfg, "src") != before and identity("pretrain", cfg) == before
+    text = path.read_text()
+    path.write_text(text.replace("class_1", "class_2", 1))
+    assert identity("pretrain", cfg) != before
