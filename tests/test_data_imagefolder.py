@@ -134,3 +134,17 @@ def test_a_folder_without_split_folders_or_classes_is_one_line(tmp_path):
     with pytest.raises(UserError, match="mean needs 1 value"):
         resolve({"data": {"name": "imagefolder", "root": ".", "channels": 1, "mean": [0, 0, 0],
                           "std": [1, 1, 1]}})
+
+
+def test_one_command_fingerprints_a_folder_once(tmp_path, monkeypatch):
+    from compress.data import filebacked, imagefolder
+    root = write_digit_folder(tmp_path / "d", per_class=3, fractions=(0.34, 0.34))
+    section = {"name": "imagefolder", "root": str(root)}
+    scans = []
+    monkeypatch.setattr(imagefolder, "scan", lambda r, real=imagefolder.scan: scans.append(r) or real(r))
+    with filebacked.one_scan_per_command():
+        first = filebacked.files_fingerprint(section)
+        assert filebacked.files_fingerprint({**section, "num_workers": 0}) == first
+    assert len(scans) == 1
+    filebacked.files_fingerprint(section)  # outside a command: every call looks again
+    assert len(scans) == 2

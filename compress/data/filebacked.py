@@ -10,7 +10,9 @@ A dataset's Params model may declare
 
 from __future__ import annotations
 
-from typing import ClassVar
+import contextlib
+import json
+from typing import ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,9 +40,32 @@ def identity_view(section: dict) -> dict:
     return {k: v for k, v in section.items() if k not in drop}
 
 
+_MEMO: dict[str, str] | None = None  # inside one_scan_per_command: section -> fingerprint
+
+
 def files_fingerprint(section: dict) -> str | None:
     """The fingerprint of the files the data section reads, or None (generated / packaged)."""
     params = _params(section)
     if params is None or not callable(getattr(params, "files_digest", None)):
         return None
-    return params(**{k: v for k, v in section.items() if k != "name"}).files_digest()
+    key = json.dumps(identity_view(section), sort_keys=True, default=str)
+    if _MEMO is not None and key in _MEMO:
+        return _MEMO[key]
+    digest = params(**{k: v for k, v in section.items() if k != "name"}).files_digest()
+    if _MEMO is not None:
+        _MEMO[key] = digest
+    return digest
+
+
+@contextlib.contextmanager
+def one_scan_per_command() -> Iterator[None]:
+    """Within it, each data section's files are fingerprinted once: a command's planning,
+    stage identities and data loads then see one state of the files, and a folder of millions
+    of images is walked once, not once per stage and check. (Nested uses share the outer one.)"""
+    global _MEMO
+    outer = _MEMO
+    _MEMO = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _MEMO = outer

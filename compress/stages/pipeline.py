@@ -144,6 +144,14 @@ def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: in
     Under torchrun rank 0 alone holds the lock, cleans up, reads and writes pipeline.json and
     decides which stages to reuse; the other ranks follow its decisions (dist.on_main).
     """
+    from compress.data.filebacked import one_scan_per_command
+    with one_scan_per_command():
+        return _run_pipeline(spec, env, layers, seed, out, resolve_source, fresh, tags)
+
+
+def _run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: int | None,
+                  out: Path | None, resolve_source, fresh: bool,
+                  tags: dict[str, str] | None) -> dict:
     root = Path(out) if out else env.root / spec.name
     infos = {sid: resolve_source(ref) for sid, ref in spec.sources.items()} if spec.sources else {}
     stages = plan(spec, layers, seed, root, infos)  # every config is checked before anything runs
@@ -172,9 +180,12 @@ def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: in
 
 def status_rows(spec: PipelineSpec, layers: list[dict], seed: int | None, root: Path,
                 resolve_source) -> list[dict]:
+    from compress.data.filebacked import one_scan_per_command
     infos = {sid: resolve_source(ref) for sid, ref in spec.sources.items()} if spec.sources else {}
     rows = []
-    for p in plan(spec, layers, seed, root, infos):
+    with one_scan_per_command():
+        planned = plan(spec, layers, seed, root, infos)
+    for p in planned:
         status, info = stage_status(p)
         rows.append({"id": p.spec.id, "stage": p.spec.stage, "status": status, "dir": str(p.out),
                      "run_id": info.record.get("run_id") if info else None, "identity": p.id[:12]})
@@ -249,6 +260,12 @@ def _flock(root: Path) -> Iterator[None]:
 
 
 def run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | None) -> dict:
+    from compress.data.filebacked import one_scan_per_command
+    with one_scan_per_command():
+        return _run_one(stage, cfg, env, src, out)
+
+
+def _run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | None) -> dict:
     from compress.stages import export_stage, train_stages
     if src is not None:
         check_source(cfg, src)
