@@ -15,6 +15,8 @@ and are the in-memory built-ins as fast as before the data layer changed?
    BASELINE (extracted with git archive) and at this checkout, `--pairs` pairs A B A B (the
    first of each pair alternates): fit() seconds measured inside each process, and the whole
    `compress pretrain` process' wall time. Ratio = now / baseline, median of paired ratios.
+4. Fingerprint cost: the directory walk, a stat per file and the sampled contents that stage
+   identities add, on both folders (median of 5 after one warm-up walk, so the OS caches them).
 
   .venv/bin/python bench/data_stream.py             # ~15 min on 2 cores
   .venv/bin/python bench/data_stream.py --quick     # smoke test, ~2 min
@@ -191,6 +193,19 @@ def peak_memory(root: Path, work: Path, tag: str) -> dict:
             "seconds": seconds}
 
 
+# ------------------------------------------------------------------ 4. fingerprint cost
+def fingerprint_seconds(root: Path) -> float:
+    from compress.data.filebacked import files_fingerprint
+    section = {"name": "imagefolder", "root": str(root)}
+    files_fingerprint(section)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        files_fingerprint(section)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 # ------------------------------------------------------------------ 3. before vs after
 FIT_CHILD = """
 import json, sys, time, torch
@@ -299,6 +314,10 @@ def main(argv=None) -> None:
     result["memory"] = {"runs": mem, "peak_self_mb": peak,
                         "large_over_small": peak[str(args.images)] / peak[str(args.small)]}
     write_json(args.out, result)
+    result["fingerprint_seconds"] = {str(n): fingerprint_seconds(folder)
+                                     for folder, n in ((small, args.small), (big, args.images))}
+    log(f"fingerprint seconds: {result['fingerprint_seconds']}")
+    write_json(args.out, result)
     result["before_after"] = before_after(work, args)
     write_json(args.out, result)
     print(summary(result, args))
@@ -317,6 +336,7 @@ def summary(result: dict, args) -> str:
                              "load/train"], rows)]
     m = result["memory"]
     lines.append(f"peak memory: {m['peak_self_mb']} MB; large/small {m['large_over_small']:.3f}")
+    lines.append(f"fingerprint seconds: {result['fingerprint_seconds']}")
     rows = [[name, f"{r['fit']['baseline_median_s']:.2f}", f"{r['fit']['now_median_s']:.2f}",
              f"{r['fit']['ratio_median_paired']:.3f}", f"{r['process']['ratio_median_paired']:.3f}"]
             for name, r in result["before_after"]["runs"].items()]
