@@ -29,7 +29,7 @@ BLOCK = 1 << 16  # larger ones: head, tail and BLOCKS seeded blocks of 64 KiB
 BLOCKS = 14
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million of them take ~130 MB, not ~250
 class FileStat:
     rel: str  # path relative to the root, with "/" separators
     size: int

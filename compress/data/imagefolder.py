@@ -228,10 +228,11 @@ def load_imagefolder(p: ImageFolderParams) -> DataBundle:
              "mean_std": "given" if given else f"computed from {min(STATS_SAMPLE, len(splits['train']))} "
                                                f"train images (seed {p.seed})",
              "samples": {s: len(splits[s]) for s in SPLITS}}
+    digest = files_digest(layout.root, layout.stats())  # now: the file list is freed after
     return DataBundle(f"imagefolder:{layout.root.name}", splits["train"], splits["val"],
                       splits["test"], num_classes=len(classes), in_shape=(p.channels, *size),
                       preprocess=preprocess, classes=classes, facts=facts,
-                      digest=lambda: files_digest(layout.root, layout.stats()))
+                      digest=lambda: digest)
 
 
 def _split_files(layout: Layout, p: ImageFolderParams):
