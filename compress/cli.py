@@ -63,12 +63,13 @@ class Invocation:
         self.seed, self.out, self.as_json, self.track = seed, out, as_json, track
 
     def env(self, base: list[dict] | None = None):
-        from compress.config import resolve
+        from compress.config import tracking_settings
         from compress.stages.runner import StageEnv
         from compress.tracking import make_tracker
-        probe = resolve(*(base or []), *self.layers, seed=self.seed)
-        enabled = self.track and probe.tracking.enabled
-        tracker = make_tracker(enabled, probe.tracking.experiment)
+        # Only the tracking section: the rest may need the source stage's config (e.g.
+        # --set data.num_workers=0 for a source on an image folder), validated with it later.
+        tracking = tracking_settings(*(base or []), *self.layers)
+        tracker = make_tracker(self.track and tracking.enabled, tracking.experiment)
         return StageEnv(tracker=tracker, progress=not self.as_json)
 
     def source(self, ref: str, env):
@@ -334,6 +335,25 @@ def _load_plugins(names: list[str] | None) -> None:
     if names:
         from compress.plugins import load_plugins
         load_plugins(names)
+
+
+def _catalog(kind: str, as_json: bool) -> None:
+    from compress.catalog import catalog, render
+    from compress.registry import DATASETS, MODELS
+    items = catalog({"dataset": DATASETS, "model": MODELS}[kind])
+    print(json.dumps(items, default=str) if as_json else render(items))
+
+
+@app.command()
+def datasets(as_json: JsonOpt = False) -> None:
+    """List the registered datasets with their options (the data.* keys)."""
+    _catalog("dataset", as_json)
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the registered models (and torchvision:NAME) with their options (model.* keys)."""
+    _catalog("model", as_json)
 
 
 # ------------------------------------------------------------------ registry

@@ -264,6 +264,20 @@ def resolve(*layers: dict, seed: int | None = None) -> Config:
     return cfg
 
 
+def tracking_settings(*layers: dict) -> TrackingConfig:
+    """The tracking section the layers select (what a command needs before it reads its
+    source stage, whose config the other sections build on)."""
+    merged: dict = {}
+    for layer in layers:
+        section = layer.get("tracking")
+        if isinstance(section, dict):
+            merged = merge(merged, section)
+    try:
+        return TrackingConfig(**merged)
+    except ValidationError as e:
+        raise UserError(format_validation(e, prefix="tracking")) from None
+
+
 def _validate_named(cfg: Config) -> None:
     """Check data/model/method options against their registered Params; fill in defaults."""
     from compress.registry import DATASETS, METHODS, MODELS
@@ -289,6 +303,11 @@ def _validate_named(cfg: Config) -> None:
         setattr(cfg, key, full)
 
 
+# Where each named section's valid keys are listed (other sections: the README).
+LISTINGS = {"data": "`compress datasets`", "model": "`compress models`",
+            "method": "`compress methods`"}
+
+
 def format_validation(e: ValidationError, prefix: str = "") -> str:
     """One line: every error as 'at a.b: message'."""
     parts = []
@@ -296,6 +315,7 @@ def format_validation(e: ValidationError, prefix: str = "") -> str:
         loc = ".".join(str(x) for x in ((prefix,) if prefix else ()) + tuple(err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `compress methods` and the README list keys)"
+            where = LISTINGS.get(loc.split(".")[0], "the README")
+            msg = f"unknown key (check the spelling; {where} lists the keys)"
         parts.append(f"at {loc or '<top>'}: {msg}")
     return "config error " + "; ".join(parts)

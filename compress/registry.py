@@ -60,6 +60,7 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
         self._prefixes: dict[str, Callable[[str], Entry]] = {}
+        self._prefix_info: dict[str, Entry] = {}  # how `compress models` shows 'prefix:NAME'
         self._loaded = False
 
     def register(self, name: str, *, params: type | None = None, summary: str = "",
@@ -87,12 +88,15 @@ class Registry:
                                         dict(getattr(cls, "defaults", {}) or {}), _origin_of(cls))
         return cls
 
-    def register_prefix(self, prefix: str, resolver: Callable[[str], Entry]) -> None:
+    def register_prefix(self, prefix: str, resolver: Callable[[str], Entry], *,
+                        summary: str = "", params: type | None = None) -> None:
         """Names like 'prefix:rest' resolve through resolver(rest) (e.g. torchvision:resnet18).
 
-        The resolver raises UserError for a rest it does not know.
+        The resolver raises UserError for a rest it does not know. `summary` and `params`
+        describe the family in listings (`compress models`).
         """
         self._prefixes[prefix] = resolver
+        self._prefix_info[prefix] = Entry(f"{prefix}:NAME", resolver, params, summary)
 
     def _load(self) -> None:
         if not self._loaded:
@@ -117,6 +121,11 @@ class Registry:
 
     def entries(self) -> list[Entry]:
         return [self._entries[n] for n in self.names()]
+
+    def prefix_entries(self) -> list[Entry]:
+        """One entry per registered prefix, named 'prefix:NAME' (obj: its resolver)."""
+        self._load()
+        return [self._prefix_info[p] for p in sorted(self._prefix_info)]
 
 
 METHODS = Registry("method")
