@@ -289,7 +289,8 @@ def _validate_named(cfg: Config) -> None:
         opts = {k: v for k, v in body.items() if k != "name"}
         common = {}
         if key == "model":  # keys every model takes (weights, reset_head), beside its own
-            from compress.models.base import split_options
+            from compress.models.base import absolute_name, split_options
+            body = {**body, "name": absolute_name(body["name"])}
             try:
                 shared, opts = split_options(opts)
             except ValidationError as e:

@@ -103,7 +103,7 @@ def test_import_evaluates_the_users_model_exactly(user_model, weights):
     assert out["stage"] == "import"
     assert out["metrics"]["test_accuracy"] == pytest.approx(mine, abs=1e-9)
     ref = out["model_ref"]
-    assert ref["file_sha256"] and ref["weights_sha256"] and ref["name"] == "file:net.py:build"
+    assert ref["file_sha256"] and ref["weights_sha256"] and ref["name"] == f"file:{user_model / 'net.py'}:build"
     assert out["imported"]["weights_sha256"] == ref["weights_sha256"]
     assert out["density"] == 1.0
 

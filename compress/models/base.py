@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from compress.errors import UserError
@@ -38,6 +38,25 @@ class ModelOptions(BaseModel):
                                                   ".pt/.pth state dict, loaded by the first stage")
     reset_head: bool = Field(False, description="replace a head whose class count differs from "
                                                 "the data's (fresh init; noted in the record)")
+
+    @field_validator("weights")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        # Recorded absolute, so later commands find the file from any working folder.
+        if value is None or value.startswith("models:/"):
+            return value
+        return str(Path(os.path.expanduser(value)).resolve())
+
+
+def absolute_name(name: str) -> str:
+    """`file:PATH:FUNC` with PATH made absolute (other names unchanged)."""
+    prefix, sep, rest = name.partition(":")
+    if prefix != "file" or not sep:
+        return name
+    where, colon, func = rest.rpartition(":")
+    if not colon or not where:
+        return name  # malformed: the resolver says how
+    return f"file:{Path(os.path.expanduser(where)).resolve()}:{func}"
 
 
 def split_options(opts: dict) -> tuple[ModelOptions, dict]:
