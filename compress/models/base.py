@@ -45,7 +45,12 @@ class ModelOptions(BaseModel):
         # Recorded absolute, so later commands find the file from any working folder.
         if value is None or value.startswith("models:/"):
             return value
-        return str(Path(os.path.expanduser(value)).resolve())
+        path = Path(os.path.expanduser(value))
+        if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+            raise ValueError(f"{value!r} is not a weights file: pretrained weights are never "
+                             "downloaded (e.g. torchvision's DEFAULT, IMAGENET1K_V1); save them "
+                             "to a .pth/.safetensors file and give its path")
+        return str(path.resolve())
 
 
 def absolute_name(name: str) -> str:
