@@ -168,8 +168,10 @@ def test_a_model_trained_with_plain_pytorch_is_pruned_and_served(folder, tmp_pat
     _check_flow(out, folder, accuracy)
 
 
-def test_the_same_flow_from_the_mlflow_registry(folder, tmp_path):
+def test_the_same_flow_from_the_mlflow_registry(folder, tmp_path, monkeypatch):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])  # rebuilding reads it
+    monkeypatch.chdir(tmp_path)
     accuracy = _train(folder, tmp_path, "file", epochs=6, env=env, register="pngs-net")
     out = compress_json("prune", "--from", "models:/pngs-net@champion", "--method", "l1filter",
                         "--out", "run", *sets(*_data_sets(folder), "export.benchmark=true",
