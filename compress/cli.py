@@ -81,13 +81,13 @@ class Invocation:
 
 
 @contextlib.contextmanager
-def _interruptible():
+def _interruptible(message: str = "interrupted: the unfinished stage's outputs were discarded; "
+                                  "finished stages are kept"):
     """Ctrl-C inside a stage becomes a clean exit 130 (click would print 'Aborted!', exit 1)."""
     try:
         yield
     except KeyboardInterrupt:
-        raise Interrupted("interrupted: the unfinished stage's outputs were discarded; "
-                          "finished stages are kept") from None
+        raise Interrupted(message) from None
 
 
 def _single(stage: str, inv: Invocation, src_ref: str | None) -> None:
@@ -210,7 +210,13 @@ def pipeline_status(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")]
 @app.command()
 def sweep(file: Annotated[Path, typer.Argument(help="Sweep YAML (grid of methods, densities, "
                                                 "seeds, any config key).")],
-          workers: Annotated[int, typer.Option(min=1, help="Local worker processes for the cells.")] = 1,
+          backend: Annotated[str, typer.Option(
+              help="Where cells run: local (this machine) or ray (Ray tasks, `compress[ray]`).")] = "local",
+          workers: Annotated[Optional[int], typer.Option(
+              min=1, help="--backend local: worker processes for the cells (default 1).")] = None,
+          address: Annotated[Optional[str], typer.Option(
+              help="--backend ray: the cluster (auto, HOST:6379 or ray://HOST:10001; default "
+              "$RAY_ADDRESS, else a private Ray instance on this machine).")] = None,
           config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
           out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True,
           fresh: FreshOpt = False) -> None:
@@ -219,10 +225,12 @@ def sweep(file: Annotated[Path, typer.Argument(help="Sweep YAML (grid of methods
     spec = load_sweep(file)
     inv = Invocation(config, set_, seed, out, as_json, track)
     env = inv.env(base=[spec.config])
-    with _interruptible():
+    with _interruptible("interrupted: unfinished cells were cancelled; finished cells are kept "
+                        "and a re-run reuses them"):
         result = run_sweep(spec, env, inv.layers, inv.seed, inv.out, workers=workers, fresh=fresh,
                            track=not isinstance(env.tracker, _null_tracker()),
-                           experiment=inv.config().tracking.experiment)
+                           experiment=inv.config().tracking.experiment, backend=backend,
+                           address=address)
     if as_json:
         print(json.dumps(result, default=str))
         return
