@@ -221,16 +221,23 @@ def sweep(file: Annotated[Path, typer.Argument(help="Sweep YAML (grid of methods
           out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True,
           fresh: FreshOpt = False) -> None:
     """Run a grid of prune cells over one shared pretrain; each cell is a tracked run."""
+    from compress.config import resolve
     from compress.sweep import load_sweep, run_sweep
+    from compress.sweep.driver import check_cells, make_backend
+    from compress.sweep.jobs import planned_tracking
     spec = load_sweep(file)
     inv = Invocation(config, set_, seed, out, as_json, track)
+    # Cells, backend options and stores are checked before a tracker creates any file.
+    check_cells(spec, inv.layers, inv.seed)
+    runner = make_backend(backend, spec, workers, address)
+    tracking = resolve(spec.config, *inv.layers, seed=inv.seed).tracking
+    runner.check(planned_tracking(track and tracking.enabled, tracking.experiment))
     env = inv.env(base=[spec.config])
     with _interruptible("interrupted: unfinished cells were cancelled; finished cells are kept "
                         "and a re-run reuses them"):
-        result = run_sweep(spec, env, inv.layers, inv.seed, inv.out, workers=workers, fresh=fresh,
+        result = run_sweep(spec, env, inv.layers, inv.seed, inv.out, runner=runner, fresh=fresh,
                            track=not isinstance(env.tracker, _null_tracker()),
-                           experiment=inv.config().tracking.experiment, backend=backend,
-                           address=address)
+                           experiment=tracking.experiment)
     if as_json:
         print(json.dumps(result, default=str))
         return

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from compress.sweep.jobs import cell_jobs, pretrain_job, tracking_of
+from compress.sweep.jobs import cell_jobs, planned_tracking, pretrain_job, tracking_of
 from compress.sweep.progress import CellProgress
 from compress.sweep.spec import SweepSpec, cell_layer, cells
 
@@ -38,18 +38,13 @@ def make_backend(name: str, spec: SweepSpec, workers: int | None, address: str |
 
 
 def run_sweep(spec: SweepSpec, env, layers: list[dict], seed: int | None, root: Path | None,
-              workers: int | None = None, fresh: bool = False, track: bool = True,
-              experiment: str = "compress", backend: str = "local",
-              address: str | None = None) -> dict:
-    from compress.config import resolve
+              *, runner, fresh: bool = False, track: bool = True,
+              experiment: str = "compress") -> dict:
+    """Run the sweep on `runner` (make_backend); returns the result written to results.json."""
     from compress.stages.runner import DEFAULT_ROOT
 
     root = Path(root) if root else DEFAULT_ROOT / spec.name
-    grid = cells(spec)
-    for cell in grid:  # every cell's config is checked before the pretrain starts
-        layer, cell_seed = cell_layer(cell)
-        resolve(spec.config, layer, *layers, seed=cell_seed if cell_seed is not None else seed)
-    runner = make_backend(backend, spec, workers, address)
+    grid = check_cells(spec, layers, seed)
     tracking = tracking_of(env.tracker, track, experiment)
     runner.check(tracking)
     progress = CellProgress(len(grid))
@@ -62,13 +57,23 @@ def run_sweep(spec: SweepSpec, env, layers: list[dict], seed: int | None, root: 
         source, rows = runner.run(pre, jobs, progress, env.tracker)
         _end_stale_cells(env.tracker, parent)
         result = {"sweep": spec.name, "run_id": parent, "root": str(root.absolute()),
-                  "backend": runner.name, "address": address,
+                  "backend": runner.name, "address": getattr(runner, "address", None),
                   "pretrain": source["run_id"] if source else rows[0].get("pretrain_run_id"),
                   "rows": rows}
         root.mkdir(parents=True, exist_ok=True)
         (root / RESULTS_FILE).write_text(json.dumps(result, indent=2, default=str))
         _log_file(env.tracker, root / RESULTS_FILE, "sweep")
     return result
+
+
+def check_cells(spec: SweepSpec, layers: list[dict], seed: int | None) -> list[dict]:
+    """The grid's cells, every cell's config checked (before any pretrain or store)."""
+    from compress.config import resolve
+    grid = cells(spec)
+    for cell in grid:
+        layer, cell_seed = cell_layer(cell)
+        resolve(spec.config, layer, *layers, seed=cell_seed if cell_seed is not None else seed)
+    return grid
 
 
 def _end_stale_cells(tracker, parent: str) -> None:

@@ -34,6 +34,13 @@ def tracking_of(tracker, enabled: bool, experiment: str) -> dict:
             "experiment": experiment}
 
 
+def planned_tracking(enabled: bool, experiment: str) -> dict:
+    """The same, before any tracker (or store file) exists: backends check it first."""
+    from compress.tracking.mlflow_tracker import default_tracking_uri
+    return {"enabled": enabled, "uri": default_tracking_uri() if enabled else None,
+            "experiment": experiment}
+
+
 def pretrain_job(spec: SweepSpec, layers: list[dict], seed: int | None, root: Path | None,
                  tracking: dict, parent: str, *, fresh: bool, progress: bool,
                  reuse_tracked: bool) -> dict:

@@ -94,8 +94,11 @@ class RayBackend:
             raise UserError(f"cannot connect to the Ray cluster at {where}: {_first_line(e)} "
                             "(start one with `ray start --head`, or drop --address)") from None
         try:
-            self._check_fits()
-            yield
+            # Ray prints raylet messages (a worker died, ...) on stdout, which belongs to --json:
+            # while connected, they go to stderr with the progress lines.
+            with contextlib.redirect_stdout(sys.stderr):
+                self._check_fits()
+                yield
         finally:
             ray.shutdown()
 

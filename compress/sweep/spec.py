@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +85,15 @@ def cells(spec: SweepSpec) -> list[dict[str, Any]]:
 
 
 def cell_name(cell: dict[str, Any]) -> str:
+    """e.g. magnitude-d0.5-train.lr_0.001-s0: also a folder and a pipeline name, so characters
+    outside [A-Za-z0-9_.-] (from values like [64, 32]) become '_'."""
     parts = [str(cell["method"])]
     for key, value in cell.items():
         if key == "method":
             continue
-        short = {"density": "d", "seed": "s"}.get(key, key.replace(".", "_") + "=")
-        parts.append(f"{short}{value}")
-    return "-".join(parts).replace("/", "_")
+        short = {"density": "d", "seed": "s"}.get(key, f"{key}_")
+        parts.append(f"{short}{json.dumps(value) if isinstance(value, (list, dict)) else value}")
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(parts))
 
 
 def cell_layer(cell: dict[str, Any]) -> tuple[dict, int | None]:
