@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from compress.core.schedules import DurationStr
 
 from compress.errors import UserError
+from compress.vocab import Exporter, Precision, RetrainMode
 
 NAMED_SECTIONS = ("data", "model", "method")
 
@@ -42,8 +43,7 @@ class TrainConfig(Strict):
 
 
 class RetrainConfig(Strict):
-    mode: Literal["finetune", "rewind", "reinit", "scratch_e", "scratch_b", "random_prune"] = \
-        "finetune"
+    mode: RetrainMode = "finetune"
     rewind: DurationStr = Field("0it", description="rewind point for rewind/random_prune: '0it' = init")
     scope: Literal["layerwise", "global"] = Field(
         "layerwise", description="random_prune: keep per-layer counts, or only the total")
@@ -60,7 +60,7 @@ class ExportConfig(Strict):
     rtol: float = Field(1e-5, gt=0, description="max relative error of ONNX vs PyTorch")
     parity_samples: int = Field(256, ge=1)
     opset: int | None = None
-    exporter: Literal["torchscript", "dynamo"] = Field(
+    exporter: Exporter = Field(
         "torchscript", description="torch.onnx.export path: torchscript (0.1-0.3 s for the "
                                    "CPNA MLP) or dynamo (torch's default, 2-8 s there)")
     registry_name: str | None = Field(None, description="register the ONNX model under this name")
@@ -69,7 +69,7 @@ class ExportConfig(Strict):
         default_factory=lambda: ["CPUExecutionProvider"],
         description="onnxruntime execution providers recorded for deployment (ONNX metadata, "
                     "MLflow model); checks here always run on the CPU provider")
-    precision: Literal["fp32", "fp16", "int8-dynamic", "int8-static"] = Field(
+    precision: Precision = Field(
         "fp32", description="precision of the deployed model.onnx (fp32 kept as model.fp32.onnx)")
     max_accuracy_drop: float = Field(
         0.01, ge=0, le=1, description="refuse a reduced-precision model whose onnxruntime test "

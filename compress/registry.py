@@ -38,6 +38,7 @@ class Registry:
 
     def register(self, name: str, *, params: type | None = None, summary: str = "",
                  defaults: dict | None = None) -> Callable:
+        """Decorator registering `obj` (a model builder or dataset loader) under `name`."""
         def deco(obj):
             if name in self._entries and self._entries[name].obj is not obj:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
@@ -47,6 +48,18 @@ class Registry:
             return obj
 
         return deco
+
+    def add_class(self, cls: type) -> type:
+        """Register a class that describes itself (`name`, `summary`, `Params`, `defaults`),
+        e.g. a `Method` subclass; the entry holds one instance of it."""
+        for attr in ("name", "summary", "Params"):
+            if not hasattr(cls, attr):
+                raise TypeError(f"{cls.__name__} must define `{attr}` to be registered")
+        if cls.name in self._entries and type(self._entries[cls.name].obj) is not cls:
+            raise ValueError(f"{self.kind} {cls.name!r} registered twice")
+        self._entries[cls.name] = Entry(cls.name, cls(), cls.Params, cls.summary,
+                                        dict(getattr(cls, "defaults", {}) or {}))
+        return cls
 
     def register_prefix(self, prefix: str, resolver: Callable[[str], Entry]) -> None:
         """Names like 'prefix:rest' resolve through resolver(rest) (e.g. torchvision:resnet18).
@@ -82,6 +95,6 @@ METHODS = Registry("method")
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
 
-register_method = METHODS.register
+register_method = METHODS.add_class
 register_model = MODELS.register
 register_dataset = DATASETS.register

@@ -5,13 +5,14 @@ import torch
 from torch import nn
 
 from compress.config import resolve
-from compress.core import init_scores, scoring
+from compress.core import scoring
+from compress.methods.pai import scores as init_scores
 from compress.core.loop import fit
 from compress.core.masking import prunable_parameters
 from compress.core.masks import MaskSet
 from compress.core.metrics import loss_fn
 from compress.errors import UserError
-from compress.methods import pai
+from compress.methods.pai import method as pai
 from compress.methods.base import PruneContext
 from compress.registry import METHODS
 from compress.stages.runner import build, load_data
@@ -42,7 +43,7 @@ def _run(name, seed=0, **opts):
     cfg, ctx, init, pretrained = _setup(name, seed, **opts)
     entry = METHODS.get(name)
     entry.obj.check(cfg.method_params(), ctx)
-    return ctx, entry.obj(cfg.method_params(), ctx), init, pretrained
+    return ctx, entry.obj.run(cfg.method_params(), ctx), init, pretrained
 
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
@@ -108,7 +109,7 @@ def test_synflow_refuses_unsupported_layers_and_models_without_weights():
     net = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 1))
     cfg, ctx, _, _ = _setup("synflow", model=net)
     with pytest.raises(UserError, match="LayerNorm") as e:
-        METHODS.get("synflow").obj(cfg.method_params(), ctx)
+        METHODS.get("synflow").obj.run(cfg.method_params(), ctx)
     assert "\n" not in str(e.value)
     cfg, ctx, _, _ = _setup("snip", model=nn.Sequential(nn.Flatten(), nn.Linear(6, 1)))
     ctx.model = nn.Sequential(nn.Flatten())
@@ -242,7 +243,7 @@ def test_grasp_high_score_means_removal_raises_gradient_norm_and_is_pruned():
             assert slope == pytest.approx(2 * float(scores[n][idx]), rel=1e-4, abs=1e-12)
     # the method keeps the LOWEST scores: every pruned weight scores >= every kept one
     cfg, ctx, init, _ = _setup("grasp", density=0.3, duration="0it", batches=1)
-    result = METHODS.get("grasp").obj(cfg.method_params(), ctx)
+    result = METHODS.get("grasp").obj.run(cfg.method_params(), ctx)
     model = build(cfg, ctx.data)
     model.load_state_dict(init)
     s = init_scores.grasp_scores(model, pai.score_batches(ctx, 1), loss_fn, 200.0)

@@ -13,7 +13,9 @@ from compress.core.masking import prunable_parameters
 from compress.core.masks import MaskSet
 from compress.errors import UserError
 from compress.methods.base import PruneContext
-from compress.methods.structured import BNScalePenalty, l1filter, slimming
+from compress.methods.structured import BNScalePenalty, L1Filter, Slimming
+
+l1filter, slimming = L1Filter(), Slimming()
 from compress.stages.runner import build, load_data
 
 DIGITS = {"data": {"name": "digits"}, "train": {"duration": "1ep", "batch_size": 128}}
@@ -142,7 +144,7 @@ def test_slimming_uses_one_global_threshold_and_guards_every_layer():
     # features.1 scales all small but one: the global threshold would take 7 of its 8.
     _set_gammas(ctx.model, {1: [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.9],
                             4: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]})
-    result = slimming(p, ctx)
+    result = slimming.run(p, ctx)
     assert result.info["channels"]["features.0"]["kept"] == 1
     assert _dropped(result, "features.0") == list(range(7))
     assert _dropped(result, "features.3") == [0]
@@ -151,7 +153,7 @@ def test_slimming_uses_one_global_threshold_and_guards_every_layer():
     p, ctx = _ctx(CONV, {"name": "slimming", "density": 0.2, "sparsity_train": "0ep",
                          "finetune": "0ep", "min_channels": 3})
     _set_gammas(ctx.model, {1: [0.01] * 7 + [0.9], 4: [1.0] * 8})
-    result = slimming(p, ctx)  # 3 channels of 16 globally, but features.0 keeps 3
+    result = slimming.run(p, ctx)  # 3 channels of 16 globally, but features.0 keeps 3
     assert result.info["channels"]["features.0"]["kept"] == 3
 
 
@@ -159,7 +161,7 @@ def test_slimming_penalty_shrinks_the_scales():
     def gamma_l1(penalty):
         p, ctx = _ctx(CONV, {"name": "slimming", "penalty": penalty, "sparsity_train": "3ep",
                              "finetune": "0ep"})
-        slimming(p, ctx)
+        slimming.run(p, ctx)
         return sum(float(m.weight.detach().abs().sum()) for m in ctx.model.modules()
                    if isinstance(m, nn.BatchNorm2d))
     assert gamma_l1(0.05) < 0.9 * gamma_l1(0.0)

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
+from compress.vocab import EXPORTERS
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-EXPORTERS = ("torchscript", "dynamo")
 # TorchScript is the default: exporting a 60->1024->1 MLP takes ~0.1-0.3 s with it against
 # ~2 s warm / 6-8 s cold (first call in a process) with dynamo in torch 2.14, for the same graph.
 DEFAULT_EXPORTER = "torchscript"

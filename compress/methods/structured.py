@@ -36,7 +36,8 @@ from compress.core.masking import apply_masks, keep_top, prunable_parameters
 from compress.core.masks import MaskSet
 from compress.core.schedules import DurationStr
 from compress.errors import UserError
-from compress.methods.base import DensityTarget, PruneContext, PruneResult, train_masked
+from compress.methods.base import DensityTarget, Method, PruneContext, PruneResult, train_masked
+from compress.methods.presets import TINY_CNN, TINY_MLP, tiny
 from compress.registry import register_method
 
 # Conv-4 with BatchNorm at a quarter width on the 5k MNIST subset: pretrain + prune + export in
@@ -91,7 +92,7 @@ def _producers(model: nn.Module, g: ChannelGroup) -> list[nn.Module]:
 
 
 def _groups(p: ChannelParams, ctx: PruneContext, method: str) -> _Groups:
-    example = ctx.data.train.x[:1]
+    example = ctx.data.train.head(1)
     ignore = [n.removesuffix(".weight") for n in p.keep_dense]
     groups = channel_groups(ctx.model, example, ignore=ignore, hint=_hint(method))
     kinds = (nn.modules.conv._ConvNd, nn.Linear) if p.linear else (nn.modules.conv._ConvNd,)
@@ -164,21 +165,23 @@ def _l1_keep(p: L1FilterParams, found: _Groups) -> dict[str, int]:
             for g in found.chosen}
 
 
-def _l1_check(p: L1FilterParams, ctx: PruneContext) -> None:
-    _l1_keep(p, _groups(p, ctx, "l1filter"))
+@register_method
+class L1Filter(Method):
+    name = "l1filter"
+    summary = "L1-norm filter pruning (Li et al.): smallest filters per layer, then fine-tune"
+    Params = L1FilterParams
+    defaults = STRUCTURED_DEFAULTS
+    test_settings = tiny(TINY_MLP, density=0.3, linear=True, finetune="1ep")
 
+    def check(self, p: L1FilterParams, ctx: PruneContext) -> None:
+        _l1_keep(p, _groups(p, ctx, self.name))
 
-@register_method("l1filter", params=L1FilterParams, defaults=STRUCTURED_DEFAULTS,
-                 summary="L1-norm filter pruning (Li et al.): smallest filters per layer, then fine-tune")
-def l1filter(p: L1FilterParams, ctx: PruneContext) -> PruneResult:
-    found = _groups(p, ctx, "l1filter")
-    keep = _l1_keep(p, found)
-    scores = {g.name: scoring.filter_l1(ctx.model, g) for g in found.chosen}
-    masks, info = _prune(p, ctx, found, scores, keep)
-    return PruneResult(masks, train_masked(ctx, masks, p.finetune, "l1filter"), info)
-
-
-l1filter.check = _l1_check
+    def run(self, p: L1FilterParams, ctx: PruneContext) -> PruneResult:
+        found = _groups(p, ctx, self.name)
+        keep = _l1_keep(p, found)
+        scores = {g.name: scoring.filter_l1(ctx.model, g) for g in found.chosen}
+        masks, info = _prune(p, ctx, found, scores, keep)
+        return PruneResult(masks, train_masked(ctx, masks, p.finetune, self.name), info)
 
 
 # ------------------------------------------------------------------------- slimming
@@ -228,17 +231,27 @@ def _global_keep(p: SlimmingParams, found: _Groups, scores: dict[str, torch.Tens
     return keep, float(dropped.max()) if dropped.numel() else 0.0
 
 
-@register_method("slimming", params=SlimmingParams, defaults=STRUCTURED_DEFAULTS,
-                 summary="network slimming (Liu et al.): L1 on BN scales, one global threshold, fine-tune")
-def slimming(p: SlimmingParams, ctx: PruneContext) -> PruneResult:
-    found = _bn_groups(p, ctx)
-    penalty = BNScalePenalty(_bn_scales(ctx.model, found.chosen), p.penalty)
-    history = train_masked(ctx, ctx.masks, p.sparsity_train, "slimming:sparsity", hooks=[penalty])
-    scores = {g.name: scoring.bn_scale(ctx.model, g) for g in found.chosen}
-    keep, threshold = _global_keep(p, found, scores)
-    masks, info = _prune(p, ctx, found, scores, keep)
-    history += _after(history, train_masked(ctx, masks, p.finetune, "slimming:finetune"))
-    return PruneResult(masks, history, {**info, "threshold": threshold, "penalty": p.penalty})
+@register_method
+class Slimming(Method):
+    name = "slimming"
+    summary = "network slimming (Liu et al.): L1 on BN scales, one global threshold, fine-tune"
+    Params = SlimmingParams
+    defaults = STRUCTURED_DEFAULTS
+    test_settings = tiny(TINY_CNN, density=0.3, sparsity_train="1ep", finetune="1ep")
+
+    def check(self, p: SlimmingParams, ctx: PruneContext) -> None:
+        _bn_groups(p, ctx)
+
+    def run(self, p: SlimmingParams, ctx: PruneContext) -> PruneResult:
+        found = _bn_groups(p, ctx)
+        penalty = BNScalePenalty(_bn_scales(ctx.model, found.chosen), p.penalty)
+        history = train_masked(ctx, ctx.masks, p.sparsity_train, "slimming:sparsity",
+                               hooks=[penalty])
+        scores = {g.name: scoring.bn_scale(ctx.model, g) for g in found.chosen}
+        keep, threshold = _global_keep(p, found, scores)
+        masks, info = _prune(p, ctx, found, scores, keep)
+        history += _after(history, train_masked(ctx, masks, p.finetune, "slimming:finetune"))
+        return PruneResult(masks, history, {**info, "threshold": threshold, "penalty": p.penalty})
 
 
 def _after(first: list[dict], rows: list[dict]) -> list[dict]:
@@ -248,9 +261,3 @@ def _after(first: list[dict], rows: list[dict]) -> list[dict]:
     epoch, step = first[-1]["epoch"] + 1, first[-1]["step"]
     return [{**r, "epoch": r["epoch"] + epoch, "step": r["step"] + step} for r in rows]
 
-
-def _slimming_check(p: SlimmingParams, ctx: PruneContext) -> None:
-    _bn_groups(p, ctx)
-
-
-slimming.check = _slimming_check

@@ -32,9 +32,10 @@ def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) 
     if masks is not None:
         apply_masks(model, masks)
     model.eval()
-    seeds = src.record.get("method_info", {}).get("seeds")
-    if seeds is not None:  # a random network: its weights must rebuild from its seeds
-        _verify_seeds(model, seeds, src, masks)
+    method = src.record.get("method")
+    if method:  # the producing method may refuse (e.g. weights that must rebuild from seeds)
+        from compress.registry import METHODS
+        METHODS.get(method).obj.verify_export(model, src, masks)
     record = run_stage("export", cfg, env,
                        lambda tmp: _export_files(cfg, model, masks, src, data, tmp),
                        src=src, out=out, method=src.record.get("method"))
@@ -48,15 +49,15 @@ def _export_files(cfg: Config, model, masks, src: StageInfo, data, tmp: Path) ->
     from compress.export.bench_table import Column, module_size, ort_test_metrics, to_markdown
     from compress.export.onnx import check_parity, export_onnx
     ex = cfg.export
-    deploy, spec = _deployable(cfg, model, masks, data.test.x[:2])
+    deploy, spec = _deployable(cfg, model, masks, data.test.head(2))
     meta = _metadata(src, spec, data, ex.providers)
     fp32 = tmp / (ONNX_FILE if ex.precision == "fp32" else FP32_FILE)
-    export_onnx(deploy, data.test.x[:2], fp32, metadata={**meta, "compress.precision": "fp32"},
+    export_onnx(deploy, data.test.head(2), fp32, metadata={**meta, "compress.precision": "fp32"},
                 opset=ex.opset, exporter=ex.exporter)
-    parity_x = data.test.x[:ex.parity_samples]
+    parity_x = data.test.head(ex.parity_samples)
     metrics = {"parity_rel_error": check_parity(fp32, model, parity_x, rtol=ex.rtol)}
     shrunk = deploy is not model
-    example = data.test.x[:1]
+    example = data.test.head(1)
     columns = [Column("shrunk" if shrunk else "dense", fp32, *module_size(deploy, example),
                       ort_test_metrics(fp32, data.test))]
     files = {"onnx": ONNX_FILE, "structure": "structure.json"}
@@ -91,7 +92,7 @@ def _reduced(cfg: Config, model, data, fp32, dest: Path, meta: dict):
     ex = cfg.export
     calibration = None
     if ex.precision == "int8-static":
-        calibration = calibration_batches(data.train.x, ex.calibration_batches,
+        calibration = calibration_batches(data.train, ex.calibration_batches,
                                           ex.calibration_batch_size, cfg.seed)
     reduce_precision(fp32.path, dest, ex.precision, calibration=calibration,
                      providers=ex.providers, metadata=meta)
@@ -99,7 +100,7 @@ def _reduced(cfg: Config, model, data, fp32, dest: Path, meta: dict):
     change = accuracy_gate(fp32.metrics["test_accuracy"], scored["test_accuracy"],
                            ex.max_accuracy_drop, ex.precision)
     # Informational: how far the reduced model's outputs are from PyTorch's (no tolerance).
-    rel = check_parity(dest, model, data.test.x[:ex.parity_samples], rtol=math.inf)
+    rel = check_parity(dest, model, data.test.head(ex.parity_samples), rtol=math.inf)
     return (Column(ex.precision, dest, fp32.params, fp32.macs, scored),
             {"precision_accuracy_change": change, "precision_rel_error": rel})
 
@@ -113,9 +114,9 @@ def _table(cfg: Config, model, data, columns: list, shrunk: bool) -> dict:
         return build_table(columns, data.in_shape, rounds=None)
     with tempfile.TemporaryDirectory(prefix="compress-dense-") as scratch:
         if shrunk:  # the same masked model at dense shapes: what the shrink saves
-            dense = export_onnx(model, data.test.x[:2], Path(scratch) / "dense.onnx",
+            dense = export_onnx(model, data.test.head(2), Path(scratch) / "dense.onnx",
                                 opset=ex.opset, exporter=ex.exporter)
-            columns = [Column("dense", dense, *module_size(model, data.test.x[:1]),
+            columns = [Column("dense", dense, *module_size(model, data.test.head(1)),
                               ort_test_metrics(dense, data.test)), *columns]
         return build_table(columns, data.in_shape, rounds=ex.latency_rounds)
 
@@ -139,17 +140,6 @@ def _deployment(ex) -> dict:
     from compress.export.precision import CHECK_PROVIDER, unavailable_here
     return {"precision": ex.precision, "providers": list(ex.providers),
             "checked_on": CHECK_PROVIDER, "unavailable_here": unavailable_here(ex.providers)}
-
-
-def _verify_seeds(model, seeds: dict, src: StageInfo, masks) -> None:
-    from compress.export.onnx import ExportError
-    from compress.methods.edgepopup import rebuild
-    redrawn = src.state("redrawn") if src.has("redrawn") else {}
-    params = dict(model.named_parameters())
-    for name, w in rebuild(model, seeds, redrawn, masks).items():
-        if not torch.equal(w, params[name].detach()):
-            raise ExportError(f"{name} in {src.dir} does not match the weights rebuilt from its "
-                              "seeds; the stage folder was altered, re-run the prune stage")
 
 
 def _deployable(cfg: Config, model, masks, example: torch.Tensor):
@@ -207,7 +197,7 @@ def _metadata(src: StageInfo, spec: dict, data, providers: list[str]) -> dict[st
         "compress.method": str(rec.get("method")), "compress.density": f"{rec.get('density', 1.0):.6g}",
         "compress.layer_density": json.dumps(rec.get("layer_density", {})),
         "compress.kept_features": json.dumps(spec.get("input_kept", "all")),
-        "compress.dataset": data.name, "compress.input_width": str(int(data.test.x[0].numel())),
+        "compress.dataset": data.name, "compress.input_width": str(math.prod(data.in_shape)),
         "compress.providers": json.dumps(list(providers)),
     }
 
@@ -222,5 +212,5 @@ def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) ->
     with env.tracker.run("register", tags={"compress.stage": "register"}, run_id=record["run_id"]):
         return env.tracker.register_onnx(Path(record["out_dir"]) / ONNX_FILE, cfg.export.registry_name,
                                          tags=tags, alias=cfg.export.alias,
-                                         input_example=data.test.x[:2].numpy(),
+                                         input_example=data.test.head(2).numpy(),
                                          providers=list(cfg.export.providers))

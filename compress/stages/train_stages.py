@@ -46,12 +46,11 @@ def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -
                        dense_train=TrainConfig(**src.record.get("dense_train", cfg.train.model_dump())),
                        dense_seed=src.record.get("dense_seed", cfg.seed),
                        build=lambda offset: build(cfg, data, seed_offset=offset))
-    if hasattr(entry.obj, "check"):  # refuse bad options before a run or folder exists
-        entry.obj.check(params, ctx)
+    entry.obj.check(params, ctx)  # refuse bad options before a run or folder exists
 
     def body(tmp: Path) -> Work:
         ctx.on_round = _round_logger(env, tmp)
-        result = entry.obj(params, ctx)
+        result = entry.obj.run(params, ctx)
         dist.check_same(result.masks.values(), f"{name} masks")  # torchrun: same on all ranks
         apply_masks(model, result.masks)
         extra = {"method_info": result.info, "dense_metrics": src.record["metrics"]}
@@ -87,8 +86,6 @@ def check_prune(cfg: Config, dense_train: dict | None = None) -> None:
     from compress.registry import METHODS
 
     entry = METHODS.get(cfg.section("method")[0])
-    if not hasattr(entry.obj, "check"):
-        return
     data = load_data(cfg)
     model = build(cfg, data)
     dense = TrainConfig(**dense_train) if dense_train else cfg.train
@@ -133,7 +130,7 @@ def retrain(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None)
     start = controls.prepare(mode, build=lambda o: build(cfg, data, seed_offset=o), masks=masks,
                              trained=src.state("weights") if mode == "finetune" else None,
                              rewound=rewound, duration=train_cfg.duration,
-                             example=data.test.x[:1], seed=cfg.seed, scope=cfg.retrain.scope)
+                             example=data.test.head(1), seed=cfg.seed, scope=cfg.retrain.scope)
 
     def body(tmp: Path) -> Work:
         history = fit(start.model, data, train_cfg, seed=cfg.seed, masks=MaskEnforcer(start.masks),
