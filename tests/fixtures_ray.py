@@ -2,6 +2,7 @@
 (`ray start --head --num-cpus 2 --block` in a subprocess).
 
 Load it from tests/conftest.py with `pytest_plugins = [..., "tests.fixtures_ray"]`.
+bench/sweep_scaling.py starts its cluster with the same class (RayCluster, no pytest needed).
 
 Starting Ray takes 10-20 s here, so when a collected test uses the fixture the cluster is
 launched right after collection and boots while other tests run; the fixture then only waits
@@ -41,10 +42,13 @@ RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"
 
 
 class RayCluster:
-    def __init__(self) -> None:
+    def __init__(self, num_cpus: int = NUM_CPUS) -> None:
+        self.num_cpus = num_cpus
         # Short: Ray's unix sockets live under it (107-character limit).
         self.root = Path(tempfile.mkdtemp(prefix="ray_"))
         self.address = f"127.0.0.1:{free_port()}"
+        self.client_port = free_port()
+        self.client_address = f"ray://127.0.0.1:{self.client_port}"  # Ray Client
         self.scratch = self.root / "scratch"
         self.log = self.root / "head.log"
         self.launched_at = time.monotonic()
@@ -58,8 +62,8 @@ class RayCluster:
     def _command(self) -> list[str]:
         port = self.address.rsplit(":", 1)[1]
         return [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-                "--num-cpus", str(NUM_CPUS), "--node-ip-address", "127.0.0.1", "--port", port,
-                "--ray-client-server-port", str(free_port()),
+                "--num-cpus", str(self.num_cpus), "--node-ip-address", "127.0.0.1", "--port", port,
+                "--ray-client-server-port", str(self.client_port),
                 "--node-manager-port", str(free_port()),
                 "--object-manager-port", str(free_port()),
                 "--include-dashboard", "false", "--disable-usage-stats",
@@ -77,15 +81,16 @@ class RayCluster:
         return dict(RAY_ENV)
 
     def wait_ready(self) -> None:
+        """Block until the head says it is up (RuntimeError if it died or never came up)."""
         deadline = self.launched_at + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if READY_LINE in self.log.read_text(errors="replace"):
                 self.start_seconds = self.start_seconds or time.monotonic() - self.launched_at
                 return
             if self.proc.poll() is not None:
-                pytest.fail(f"ray start exited with {self.proc.returncode}:\n{self.tail()}")
+                raise RuntimeError(f"ray start exited with {self.proc.returncode}:\n{self.tail()}")
             time.sleep(0.2)
-        pytest.fail(f"Ray head not up after {START_TIMEOUT_S:.0f} s:\n{self.tail()}")
+        raise RuntimeError(f"Ray head not up after {START_TIMEOUT_S:.0f} s:\n{self.tail()}")
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -151,7 +156,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
     cluster = _cluster()
-    cluster.wait_ready()
+    try:
+        cluster.wait_ready()
+    except RuntimeError as e:
+        pytest.fail(str(e))
     yield cluster
 
 
