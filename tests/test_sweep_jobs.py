@@ -89,3 +89,18 @@ def test_bad_ray_settings_in_the_sweep_file(tmp_path, extra, words):
     f.write_text(yaml.safe_dump({"name": "x", "grid": {"method": ["magnitude"]}, **extra}))
     with pytest.raises(UserError, match=words):
         load_sweep(f)
+
+
+def test_a_folder_now_holding_another_run_is_not_taken_for_the_run(local_store, tiny_layers):
+    from compress.tracking.mlflow_tracker import MlflowTracker
+    tracking = {"enabled": True, "uri": f"sqlite:///{local_store}/mlflow.db", "experiment": "compress"}
+    pre, _ = _jobs(_spec(tiny_layers), local_store / "a", tracking)
+    source = worker.run_pretrain(pre)
+    tracker = MlflowTracker()
+    assert tracker.fetch_run(source["run_id"], local_store / "dl") == Path(source["dir"])
+    # Same path, later another run (a re-run elsewhere, another machine's folder): download.
+    record = json.loads((Path(source["dir"]) / "stage.json").read_text())
+    (Path(source["dir"]) / "stage.json").write_text(json.dumps({**record, "run_id": "other"}))
+    fetched = tracker.fetch_run(source["run_id"], local_store / "dl")
+    assert fetched.is_relative_to(local_store / "dl")
+    assert json.loads((fetched / "stage.json").read_text())["run_id"] == source["run_id"]

@@ -138,7 +138,7 @@ def _pretrain_stage(source: dict, job: dict, tracker, base: Path):
         raise UserError(f"the shared pretrain {here} is not on {socket.gethostname()} and tracking "
                         "is off: give the sweep file a `storage:` folder every Ray node mounts, or "
                         "track to an MLflow server")
-    return _fetch(tracker, source["run_id"], base / "sources" / source["run_id"])
+    return _fetch(tracker, source["run_id"], base / "sources" / source["run_id"], source["id"])
 
 
 def _fill_from_tracking(spec, job: dict, out: Path, tracker, sources: dict) -> None:
@@ -152,22 +152,28 @@ def _fill_from_tracking(spec, job: dict, out: Path, tracker, sources: dict) -> N
         runs = tracker.find_runs({"compress.id": planned.id, "compress.stage": planned.spec.stage})
         if not runs:
             return  # later stages read this one: nothing after it can be reused either
-        _fetch(tracker, runs[-1]["run_id"], planned.out)
+        _fetch(tracker, runs[-1]["run_id"], planned.out, planned.id)
 
 
-def _fetch(tracker, run_id: str, dest: Path):
-    """The run's stage folder copied to `dest` (atomically; concurrent callers wait)."""
+def _fetch(tracker, run_id: str, dest: Path, identity: str):
+    """The run's stage folder (of this identity) copied to `dest`, atomically; concurrent
+    callers wait for the first and then reuse its copy."""
     from compress.stages.artifacts import STAGE_FILE, read_stage, staging
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _locked(dest.parent / f".{dest.name}.fetch.lock"):
         if (dest / STAGE_FILE).is_file():
             with contextlib.suppress(UserError):
-                return read_stage(dest)
+                info = read_stage(dest)
+                if info.id == identity:
+                    return info
         with tempfile.TemporaryDirectory(prefix=f".fetch-{dest.name}-", dir=dest.parent) as tmp:
-            found = tracker.fetch_run(run_id, Path(tmp))
+            found = read_stage(tracker.fetch_run(run_id, Path(tmp)))
+            if found.id != identity:
+                raise UserError(f"MLflow run {run_id} holds stage {found.id[:12]}..., not "
+                                f"{identity[:12]}...; re-run the sweep with --fresh")
             with staging(dest) as folder:
-                shutil.copytree(found, folder, dirs_exist_ok=True)
+                shutil.copytree(found.dir, folder, dirs_exist_ok=True)
     return read_stage(dest)
 
 

@@ -192,6 +192,16 @@ def _pinned(package: str) -> str:
         return package
 
 
+def _holds_run(folder: Path, run_id: str) -> bool:
+    """Whether `folder` is still that run's stage (not a later run's written at the same path,
+    nor another machine's folder that happens to have the same path); a stage.json that names
+    no run is taken at its word."""
+    try:
+        return json.loads((folder / STAGE_FILE).read_text()).get("run_id", run_id) == run_id
+    except (OSError, ValueError):
+        return False
+
+
 def find_stage_dir(root: Path) -> Path | None:
     """The folder holding stage.json: root itself, else the shallowest one below it."""
     if (root / STAGE_FILE).is_file():
@@ -477,7 +487,7 @@ class MlflowTracker:
         """The run's stage folder: its local out_dir if still there, else downloaded to dest."""
         run = self._get_run(run_id)
         out_dir = run.data.tags.get(OUT_DIR_TAG)
-        if out_dir and (Path(out_dir) / STAGE_FILE).is_file():
+        if out_dir and _holds_run(Path(out_dir), run_id):
             return Path(out_dir)
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)

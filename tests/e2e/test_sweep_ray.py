@@ -17,21 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import compress_json
+from tests.e2e.test_sweep import SWEEP
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
-TINY = """
-name: NAME
-config:
-  data: {name: xor, k: 2, p: 6, n_train: 256, n_val: 128, n_test: 128}
-  model: {name: mlp, hidden: [16]}
-  train: {duration: 3ep, batch_size: 64}
-grid:
-  method: [magnitude, random]
-  density: [0.5]
-  seed: [0, 1]
-resources: {num_cpus: 1, num_gpus: 0}
-"""
+# test_sweep.py's 4 tiny cells, one CPU each.
+TINY = SWEEP.replace("name: tiny-sweep", "name: NAME") + "resources: {num_cpus: 1, num_gpus: 0}\n"
 
 # One quick cell and one that fine-tunes long enough (a few seconds) to be killed midway.
 SLOW = """
@@ -138,20 +129,21 @@ def _same_numbers(got: dict, want: dict) -> None:
         assert _by_name(got)[name]["sha256"] == row["sha256"], name  # masks and weights
 
 
-@pytest.fixture(scope="module")
-def local_tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("local")
-    f = _write(root, TINY, "ray-tiny")
+def _local(root: Path, body: str) -> dict:
+    """The reference: the same cells with `--backend local`, in this process."""
+    f = _write(root, body, "local")
     return compress_json("sweep", str(f), "--backend", "local", "--no-track", "--out", "l",
                          cwd=root)
+
+
+@pytest.fixture(scope="module")
+def local_tiny(tmp_path_factory):
+    return _local(tmp_path_factory.mktemp("local"), TINY)
 
 
 @pytest.fixture(scope="module")
 def local_slow(tmp_path_factory):
-    root = tmp_path_factory.mktemp("local-slow")
-    f = _write(root, SLOW, "ray-slow")
-    return compress_json("sweep", str(f), "--backend", "local", "--no-track", "--out", "l",
-                         cwd=root)
+    return _local(tmp_path_factory.mktemp("local-slow"), SLOW)
 
 
 def test_ray_sweep_through_an_mlflow_server_equals_local(ray_cluster, mlflow_server, local_tiny,
