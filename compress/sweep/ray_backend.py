@@ -51,8 +51,10 @@ class RayBackend:
         self.spec, self.address = spec, address
         if address is None:
             # A private instance serves this machine alone: keep it off the network (Ray's own
-            # switch for single-machine clusters; read when ray is imported).
+            # switch for single-machine clusters; read when ray is imported), with Ray's
+            # default token authentication, said explicitly (Ray warns when it has to guess).
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         self.ray = import_ray()
         self.reuse_tracked = False
