@@ -13,7 +13,8 @@ cost (connect, worker start-up) from its cost per cell:
 
 i.e. the extra slot-seconds each additional cell costs on Ray over the same two local workers.
 
-  .venv/bin/python bench/sweep_scaling.py                # 8 and 16 cells, 2 rounds
+  .venv/bin/python bench/sweep_scaling.py                # 8 and 16 cells of ~5 s, 2 rounds
+  .venv/bin/python bench/sweep_scaling.py --finetune 10ep --out bench/results/sweep_scaling_short_cells.json
   .venv/bin/python bench/sweep_scaling.py --quick        # 2 and 4 tiny cells, 1 round
 """
 
@@ -36,7 +37,8 @@ sys.path.insert(0, str(BENCH.parent))
 from common import RESULTS_DIR, log, markdown_table, provenance, write_json  # noqa: E402
 
 SLOTS = 2
-# Per cell: magnitude or random pruning of a 20-256-1 MLP on 3D-XOR, then fine-tuning.
+# Per cell: magnitude or random pruning of a 20-256-1 MLP on 3D-XOR, then fine-tuning
+# (--finetune: 50 epochs take ~5 s on one core here, 10 epochs ~1 s).
 CONFIG = """
 name: {name}
 config:
@@ -53,13 +55,13 @@ storage: {storage}
 """
 
 
-def sweep_file(work: Path, cells: int, quick: bool) -> Path:
+def sweep_file(work: Path, cells: int, quick: bool, finetune: str) -> Path:
     """A grid of `cells` cells (methods x densities x seeds); --quick: tiny epochs."""
     densities = [0.1] if quick else [0.1, 0.05]
     seeds = list(range(max(1, cells // (2 * len(densities)))))
     path = work / f"scaling-{cells}.yaml"
     path.write_text(CONFIG.format(name=f"scaling-{cells}", pretrain="1ep" if quick else "5ep",
-                                  finetune="1ep" if quick else "10ep", densities=densities,
+                                  finetune="1ep" if quick else finetune, densities=densities,
                                   seeds=seeds, storage=work / "shared"))
     return path
 
@@ -90,6 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", type=int, default=8, help="N: the small grid (the large is 2N)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--finetune", default="50ep", help="each cell's fine-tuning (its length)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -101,7 +104,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sweep-scaling-"))
     env = {**os.environ, **RAY_ENV}
     env.pop("MLFLOW_TRACKING_URI", None)
-    specs = {n: sweep_file(work, n, args.quick) for n in (args.cells, 2 * args.cells)}
+    specs = {n: sweep_file(work, n, args.quick, args.finetune) for n in (args.cells, 2 * args.cells)}
     plan = [("local-1", args.cells), ("local-2", args.cells), ("local-2", 2 * args.cells),
             ("ray-cluster", args.cells), ("ray-cluster", 2 * args.cells),
             ("ray-private", args.cells)]
