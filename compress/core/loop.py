@@ -28,7 +28,7 @@ from torch import nn
 
 from compress.core import dist
 from compress.core.masking import MaskEnforcer
-from compress.core.metrics import classification_metrics, loss_fn
+from compress.core.metrics import classification_metrics, distill_loss, loss_fn
 from compress.core.schedules import parse_duration, steps_per_epoch
 from compress.errors import UserError
 
@@ -61,6 +61,7 @@ class TrainState:
     steps_per_epoch: int = 1
     history: list[dict] = field(default_factory=list)
     train_loss: float = float("nan")  # mean loss of the last epoch
+    teacher: tuple | None = None  # (frozen dense model on the device, DistillConfig)
 
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
@@ -140,7 +141,7 @@ def _fit(model: nn.Module, data, cfg, device: torch.device, *, seed: int, hooks,
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
                  if getattr(cfg, "schedule", "constant") == "cosine" else None)
     state = TrainState(model, optimizer, masks, device, total_steps=total,
-                       steps_per_epoch=spe)
+                       steps_per_epoch=spe, teacher=_teacher(cfg, device))
     if masks is not None:
         masks.bind(model)
     net = dist.wrap(model)  # the model itself in one process
@@ -166,6 +167,14 @@ def _fit(model: nn.Module, data, cfg, device: torch.device, *, seed: int, hooks,
     return state.history
 
 
+def _teacher(cfg, device: torch.device) -> tuple | None:
+    found = getattr(cfg, "_teacher", None)
+    if found is None:
+        return None
+    teacher, distill = found
+    return teacher.to(device).eval(), distill
+
+
 AUGMENT_STRIDE = 1_000_003  # epoch e of seed s draws its augmentations from s * stride + e
 
 
@@ -181,7 +190,14 @@ def _run_epoch(state: TrainState, net: nn.Module, split, batch_size: int, gen, h
     losses = []
     for (x, y), (_, share) in zip(batches, shards):
         state.optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x.to(state.device)), y.to(state.device))
+        x, y = x.to(state.device), y.to(state.device)
+        logits = net(x)
+        loss = loss_fn(logits, y)
+        if state.teacher is not None:  # knowledge distillation from the frozen dense model
+            teacher, distill = state.teacher
+            with torch.no_grad():
+                target = teacher(x)
+            loss = distill_loss(logits, target, loss, distill.alpha, distill.temperature)
         if share != 1.0:  # DDP averages over ranks: weight this shard's mean by its share
             loss = loss * (share * world)
         loss.backward()

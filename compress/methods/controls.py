@@ -84,6 +84,12 @@ def rewind_state(build: Callable[[int], nn.Module], init: dict[str, torch.Tensor
 
 def rewind_steps(point: str, data, train_cfg) -> int:
     """Steps of dense training before the rewind point; refused if past the end of training."""
+    if train_cfg is None:  # an imported model: its weights are the only point we have
+        if parse_duration(point).amount:
+            raise UserError(f"rewind point {point}: the source model was imported trained, so "
+                            "its training cannot be replayed; rewind to '0it' (the imported "
+                            "weights) or retrain with --mode finetune")
+        return 0
     spe = steps_per_epoch(len(data.train), train_cfg.batch_size)
     k = parse_duration(point).steps(spe)
     total = parse_duration(train_cfg.duration).steps(spe)

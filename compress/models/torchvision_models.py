@@ -98,4 +98,6 @@ def resolve_torchvision(rest: str) -> Entry:
                  defaults={"example_shape": EXAMPLE_SHAPES.get(rest, [3, 32, 32])})
 
 
-MODELS.register_prefix("torchvision", resolve_torchvision)
+MODELS.register_prefix("torchvision", resolve_torchvision, params=TorchvisionParams,
+                       summary="any classifier of torchvision.models by name, e.g. "
+                               f"torchvision:resnet18 ({EXAMPLES}); random init")
