@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -32,6 +33,7 @@ from compress.sweep.progress import pretrain_line
 INSTALL = "pip install 'compress[ray]'"
 CANCEL_GRACE_S = 15.0  # how long cancelled cells get to close their runs and folders
 POLL_S = 1.0  # ray.wait timeout: the driver checks for Ctrl-C at least this often
+CONNECT_TIMEOUT_S = 5.0
 
 
 def import_ray():
@@ -89,6 +91,7 @@ class RayBackend:
     def connected(self) -> Iterator[None]:
         ray = self.ray
         where = self.address or "local"
+        _check_answers(self.address)
         try:
             ray.init(address=where, log_to_driver=False, logging_level=logging.WARNING,
                      **({"include_dashboard": False} if self.address is None else {}))
@@ -202,6 +205,22 @@ def _finished(tracker, jobs: list[dict]) -> dict[int, dict]:
             latest[run["tags"]["compress.cell_id"]] = row
     return {i: {**latest[job["tags"]["compress.cell_id"]], "reused": True}
             for i, job in enumerate(jobs) if job["tags"]["compress.cell_id"] in latest}
+
+
+def _check_answers(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """One TCP connection to HOST:PORT first: Ray itself retries an address where nothing
+    listens for minutes, printing warnings."""
+    if not address or address == "auto":
+        return  # a private instance, or Ray finds the cluster itself (and says if there is none)
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except ValueError:
+        raise UserError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT") from None
+    except OSError as e:
+        raise UserError(f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
+                        "`ray start --head` or check --address") from None
 
 
 def _first_line(e: BaseException) -> str:

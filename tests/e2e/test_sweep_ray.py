@@ -259,3 +259,14 @@ def test_without_ray_installed_the_backend_says_how_to_install_it(tmp_path, monk
     assert_user_error(compress("sweep", str(f), "--backend", "ray", cwd=tmp_path),
                       "pip install 'compress[ray]'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["noray.yaml"]
+
+
+def test_an_address_where_no_cluster_answers_fails_fast(tmp_path):
+    from tests.e2e.helpers import assert_user_error, compress
+    from tests.fixtures_mlflow import free_port
+    f = _write(tmp_path, TINY + f"storage: {tmp_path / 'shared'}\n", "nobody")
+    # Ray alone would retry for minutes; this is one refused TCP connection.
+    r = compress("sweep", str(f), "--backend", "ray", "--address", f"127.0.0.1:{free_port()}",
+                 "--no-track", cwd=tmp_path)
+    assert_user_error(r, "no Ray cluster answers at 127.0.0.1:")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nobody.yaml"]
