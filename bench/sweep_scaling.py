@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -124,6 +125,7 @@ def main() -> None:
                 write_json(out_path, result)
     finally:
         cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
     result["summary"] = summarise(result["runs"], args.cells)
     result["provenance"]["loadavg_end"] = list(os.getloadavg())
     write_json(out_path, result)
