@@ -82,15 +82,16 @@ class RayCluster:
 
     def wait_ready(self) -> None:
         """Block until the head says it is up (RuntimeError if it died or never came up)."""
+        # Launched early, it may be up long before a test asks: look before the deadline.
         deadline = self.launched_at + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if READY_LINE in self.log.read_text(errors="replace"):
-                self.start_seconds = self.start_seconds or time.monotonic() - self.launched_at
-                return
+        while READY_LINE not in self.log.read_text(errors="replace"):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ray start exited with {self.proc.returncode}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Ray head not up after {START_TIMEOUT_S:.0f} s:\n{self.tail()}")
             time.sleep(0.2)
-        raise RuntimeError(f"Ray head not up after {START_TIMEOUT_S:.0f} s:\n{self.tail()}")
+        if self.start_seconds is None:  # when first seen up (late if nobody looked earlier)
+            self.start_seconds = time.monotonic() - self.launched_at
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
