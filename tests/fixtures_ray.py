@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -58,6 +59,19 @@ class RayCluster:
             self.proc = subprocess.Popen(self._command(), env=self._env(), cwd=self.root,
                                          stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        # Timed in the background, so an early launch still reports its real start time.
+        self.watcher = threading.Thread(target=self._watch, daemon=True)
+        self.watcher.start()
+
+    def _ready(self) -> bool:
+        return READY_LINE in self.log.read_text(errors="replace")
+
+    def _watch(self) -> None:
+        while time.monotonic() - self.launched_at < START_TIMEOUT_S and self.proc.poll() is None:
+            if self._ready():
+                self.start_seconds = time.monotonic() - self.launched_at
+                return
+            time.sleep(0.2)
 
     def _command(self) -> list[str]:
         port = self.address.rsplit(":", 1)[1]
@@ -82,16 +96,12 @@ class RayCluster:
 
     def wait_ready(self) -> None:
         """Block until the head says it is up (RuntimeError if it died or never came up)."""
-        # Launched early, it may be up long before a test asks: look before the deadline.
-        deadline = self.launched_at + START_TIMEOUT_S
-        while READY_LINE not in self.log.read_text(errors="replace"):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited with {self.proc.returncode}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Ray head not up after {START_TIMEOUT_S:.0f} s:\n{self.tail()}")
-            time.sleep(0.2)
-        if self.start_seconds is None:  # when first seen up (late if nobody looked earlier)
-            self.start_seconds = time.monotonic() - self.launched_at
+        self.watcher.join()
+        if self._ready():  # launched early, it may have been up long before a test asked
+            return
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {self.proc.returncode}:\n{self.tail()}")
+        raise RuntimeError(f"Ray head not up after {START_TIMEOUT_S:.0f} s:\n{self.tail()}")
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
