@@ -93,13 +93,13 @@ class Invocation:
 
 
 @contextlib.contextmanager
-def _interruptible():
+def _interruptible(message: str = "interrupted: the unfinished stage's outputs were discarded; "
+                                  "finished stages are kept"):
     """Ctrl-C inside a stage becomes a clean exit 130 (click would print 'Aborted!', exit 1)."""
     try:
         yield
     except KeyboardInterrupt:
-        raise Interrupted("interrupted: the unfinished stage's outputs were discarded; "
-                          "finished stages are kept") from None
+        raise Interrupted(message) from None
 
 
 def _single(stage: str, inv: Invocation, src_ref: str | None) -> None:
@@ -155,7 +155,8 @@ def prune(method: Annotated[str, typer.Option("--method", "-m", help="A register
         extra["model"] = {"name": pinned} if is_module(pinned) else {"weights": pinned}
         source = None
     inv = Invocation(config, set_, seed, out, as_json, track, extra=extra, plugins=plugin)
-    first = "import" if _arrives_trained(inv.config().model) else "pretrain"
+    from compress.models.base import arrives_trained
+    first = "import" if arrives_trained(inv.config().model) else "pretrain"
     stages = [{"id": "prune", "stage": "prune", "from": "source" if source else first}]
     if not source:
         stages.insert(0, {"id": first, "stage": first})
@@ -164,11 +165,6 @@ def prune(method: Annotated[str, typer.Option("--method", "-m", help="A register
     _run_spec({"name": f"prune-{method}", "stages": stages,
                "sources": {"source": source} if source else {}}, inv, main="prune", gates=gates,
               fresh=fresh)
-
-
-def _arrives_trained(model: dict) -> bool:
-    """A model with trained weights starts with the import stage, not pretraining."""
-    return bool(model.get("weights")) or str(model.get("name", "")).startswith("models:/")
 
 
 def _run_spec(spec: dict, inv: Invocation, main: str | None, gates=(), fresh: bool = False) -> None:
@@ -250,20 +246,34 @@ def pipeline_status(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")]
 @app.command()
 def sweep(file: Annotated[Path, typer.Argument(help="Sweep YAML (grid of methods, densities, "
                                                 "seeds, any config key).")],
-          workers: Annotated[int, typer.Option(min=1, help="Local worker processes for the cells.")] = 1,
+          backend: Annotated[str, typer.Option(
+              help="Where cells run: local (this machine) or ray (Ray tasks, `compress[ray]`).")] = "local",
+          workers: Annotated[Optional[int], typer.Option(
+              min=1, help="--backend local: worker processes for the cells (default 1).")] = None,
+          address: Annotated[Optional[str], typer.Option(
+              help="--backend ray: the cluster (auto, HOST:6379 or ray://HOST:10001; default "
+              "$RAY_ADDRESS, else a private Ray instance on this machine).")] = None,
           config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
           out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True,
-          fresh: FreshOpt = False,
-             plugin: PluginOpt = None) -> None:
+          fresh: FreshOpt = False, plugin: PluginOpt = None) -> None:
     """Run a grid of prune cells over one shared pretrain; each cell is a tracked run."""
+    from compress.config import tracking_settings
     from compress.sweep import load_sweep, run_sweep
+    from compress.sweep.driver import check_cells, make_backend
+    from compress.sweep.jobs import planned_tracking
     spec = load_sweep(file)
     inv = Invocation(config, set_, seed, out, as_json, track, plugins=plugin)
+    # Cells, backend options and stores are checked before a tracker creates any file.
+    check_cells(spec, inv.layers, inv.seed)
+    runner = make_backend(backend, spec, workers, address)
+    tracking = tracking_settings(spec.config, *inv.layers)
+    runner.check(planned_tracking(track and tracking.enabled, tracking.experiment))
     env = inv.env(base=[spec.config])
-    with _interruptible():
-        result = run_sweep(spec, env, inv.layers, inv.seed, inv.out, workers=workers, fresh=fresh,
+    with _interruptible("interrupted: unfinished cells were cancelled; finished cells are kept "
+                        "and a re-run reuses them"):
+        result = run_sweep(spec, env, inv.layers, inv.seed, inv.out, runner=runner, fresh=fresh,
                            track=not isinstance(env.tracker, _null_tracker()),
-                           experiment=inv.config().tracking.experiment)
+                           experiment=tracking.experiment)
     if as_json:
         print(json.dumps(result, default=str))
         return

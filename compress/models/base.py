@@ -70,6 +70,12 @@ def split_options(opts: dict) -> tuple[ModelOptions, dict]:
     return ModelOptions(**common), {k: v for k, v in opts.items() if k not in COMMON_KEYS}
 
 
+def arrives_trained(section: dict) -> bool:
+    """A model with trained weights (a file, or a registered model): its first stage is import,
+    which evaluates it, instead of pretraining from a random init."""
+    return bool(section.get("weights")) or str(section.get("name", "")).startswith("models:/")
+
+
 def output_width(num_classes: int) -> int:
     """Binary tasks use one logit (logistic output, as in the CPNA paper); others one per class."""
     return 1 if num_classes == 2 else num_classes
