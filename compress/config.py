@@ -130,6 +130,8 @@ class TrackingConfig(Strict):
 
 
 class Config(Strict):
+    plugins: list[str] = Field(default_factory=list, description="modules (or .py files) that "
+                                                                 "register methods, models, datasets")
     seed: int = 0
     data: dict[str, Any] = Field(default_factory=lambda: {"name": "xor"})
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"})
@@ -175,7 +177,9 @@ def merge(base: dict, over: dict) -> dict:
         old = out.get(key)
         renamed = (key in NAMED_SECTIONS and isinstance(value, dict) and isinstance(old, dict)
                    and "name" in value and value["name"] != old.get("name"))
-        if isinstance(value, dict) and isinstance(old, dict) and not renamed:
+        if key == "plugins" and isinstance(old, list) and isinstance(value, list):
+            out[key] = list(dict.fromkeys([*old, *value]))  # every layer's plugins, once
+        elif isinstance(value, dict) and isinstance(old, dict) and not renamed:
             out[key] = merge(old, value)
         elif renamed:
             kept = {k: old[k] for k in SHARED_KEYS.get(key, ()) if k in old}
@@ -222,6 +226,15 @@ def load_yaml(path: Path, what: str = "config file") -> dict:
     return data
 
 
+def _load_plugins(layers: tuple[dict, ...]) -> None:
+    """Import the plugins any layer names before names are looked up in the registries."""
+    names = [p for layer in layers if isinstance(layer, dict)
+             for p in (layer.get("plugins") or []) if isinstance(p, str)]
+    if names:
+        from compress.plugins import load_plugins
+        load_plugins(names)
+
+
 def _method_defaults(layers: list[dict]) -> dict:
     """The embedded defaults of whichever method the layers select (the last name wins)."""
     from compress.registry import METHODS
@@ -236,6 +249,7 @@ def _method_defaults(layers: list[dict]) -> dict:
 
 def resolve(*layers: dict, seed: int | None = None) -> Config:
     """Merge layers over the defaults, validate every section, return the typed config."""
+    _load_plugins(layers)
     merged: dict = Config().dump()
     merged = merge(merged, _method_defaults(list(layers)))
     for layer in layers:
@@ -250,6 +264,20 @@ def resolve(*layers: dict, seed: int | None = None) -> Config:
     return cfg
 
 
+def tracking_settings(*layers: dict) -> TrackingConfig:
+    """The tracking section the layers select (what a command needs before it reads its
+    source stage, whose config the other sections build on)."""
+    merged: dict = {}
+    for layer in layers:
+        section = layer.get("tracking")
+        if isinstance(section, dict):
+            merged = merge(merged, section)
+    try:
+        return TrackingConfig(**merged)
+    except ValidationError as e:
+        raise UserError(format_validation(e, prefix="tracking")) from None
+
+
 def _validate_named(cfg: Config) -> None:
     """Check data/model/method options against their registered Params; fill in defaults."""
     from compress.registry import DATASETS, METHODS, MODELS
@@ -261,7 +289,8 @@ def _validate_named(cfg: Config) -> None:
         opts = {k: v for k, v in body.items() if k != "name"}
         common = {}
         if key == "model":  # keys every model takes (weights, reset_head), beside its own
-            from compress.models.base import split_options
+            from compress.models.base import absolute_name, split_options
+            body = {**body, "name": absolute_name(body["name"])}
             try:
                 shared, opts = split_options(opts)
             except ValidationError as e:
@@ -275,6 +304,11 @@ def _validate_named(cfg: Config) -> None:
         setattr(cfg, key, full)
 
 
+# Where each named section's valid keys are listed (other sections: the README).
+LISTINGS = {"data": "`compress datasets`", "model": "`compress models`",
+            "method": "`compress methods`"}
+
+
 def format_validation(e: ValidationError, prefix: str = "") -> str:
     """One line: every error as 'at a.b: message'."""
     parts = []
@@ -282,6 +316,7 @@ def format_validation(e: ValidationError, prefix: str = "") -> str:
         loc = ".".join(str(x) for x in ((prefix,) if prefix else ()) + tuple(err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `compress methods` and the README list keys)"
+            where = LISTINGS.get(loc.split(".")[0], "the README")
+            msg = f"unknown key (check the spelling; {where} lists the keys)"
         parts.append(f"at {loc or '<top>'}: {msg}")
     return "config error " + "; ".join(parts)

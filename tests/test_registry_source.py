@@ -47,6 +47,7 @@ def registry(tmp_path_factory):
         acc = int((model(data.test.x).argmax(1) == data.test.y).sum()) / len(data.test.y)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # an earlier test in this process may have set another
     try:
         with mlflow.start_run():
             mlflow.pytorch.log_model(model, name="model", registered_model_name="digits-net",
@@ -60,6 +61,7 @@ def registry(tmp_path_factory):
         client.set_registered_model_alias("digits-net", "traced", "2")
     finally:
         mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
     return root, acc, {"MLFLOW_TRACKING_URI": uri}
 
 

@@ -35,9 +35,8 @@ def _ctx(model_layer: dict, method: dict, seed: int = 0):
 def _run(fn, model_layer, method, seed=0):
     p, ctx = _ctx(model_layer, method, seed)
     before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
-    if hasattr(fn, "check"):
-        fn.check(p, ctx)
-    return fn(p, ctx), ctx, before
+    fn.check(p, ctx)
+    return fn.run(p, ctx), ctx, before
 
 
 def _dropped(result, group: str) -> list[int]:

@@ -103,7 +103,7 @@ def test_import_evaluates_the_users_model_exactly(user_model, weights):
     assert out["stage"] == "import"
     assert out["metrics"]["test_accuracy"] == pytest.approx(mine, abs=1e-9)
     ref = out["model_ref"]
-    assert ref["file_sha256"] and ref["weights_sha256"] and ref["name"] == "file:net.py:build"
+    assert ref["file_sha256"] and ref["weights_sha256"] and ref["name"] == f"file:{user_model / 'net.py'}:build"
     assert out["imported"]["weights_sha256"] == ref["weights_sha256"]
     assert out["density"] == 1.0
 
@@ -228,3 +228,21 @@ def test_distillation_alpha_zero_is_plain_training_and_alpha_half_is_not(user_mo
                               "--out", "re", *sets("train.duration=1ep", "distill.alpha=0.7",
                                                   "distill.temperature=2"), cwd=tmp_path)
     assert 0 < retrained["density"] < 1
+
+
+def test_a_sweep_over_an_imported_model_shares_one_import(user_model, tmp_path):
+    import shutil
+
+    import yaml
+    for f in ("net.py", "w.pt"):
+        shutil.copy(user_model / f, tmp_path / f)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({
+        "name": "user-sweep",
+        "config": {"data": {"name": "digits"},
+                   "model": {"name": "file:net.py:build", "weights": "w.pt"}},
+        "grid": {"method": ["magnitude"], "density": [0.5, 0.2], "method.finetune": ["1ep"]}}))
+    out = compress_json("sweep", "s.yaml", "--no-track", "--out", "sw", cwd=tmp_path)
+    sources = {json.loads((tmp_path / r["dir"] / "stage.json").read_text())["source"]["stage"]
+               for r in out["rows"]}
+    assert sources == {"import"}
+    assert [round(r["metrics"]["density"], 2) for r in out["rows"]] == [0.5, 0.2]

@@ -89,9 +89,13 @@ class StreamSplit(SplitBase):
     """
 
     def __init__(self, dataset, labels: torch.Tensor, num_workers: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, max_chunk: int | None = None):
         self.dataset, self.labels = dataset, torch.as_tensor(labels, dtype=torch.long)
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.max_chunk = max_chunk  # largest evaluation batch (large images: bounded memory)
+
+    def chunks(self, size: int, rows: slice | None = None) -> Iterator[Batch]:
+        return super().chunks(min(size, self.max_chunk or size), rows)
 
     def batches(self, index_lists: Iterable[torch.Tensor], *, augment: bool = False,
                 seed: int = 0) -> Iterator[Batch]:
@@ -161,10 +165,15 @@ class DataBundle:
     classes: list[str] | None = None
     facts: dict = field(default_factory=dict)  # recorded with the stage (e.g. computed mean/std)
     digest: Callable[[], str] | None = None
+    raw_rows: Callable[[str, slice], dict] | None = None  # tables: see compress.data.table
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def fingerprint(self) -> str:
-        if self.digest is not None:
-            return self.digest()
+        if self._fingerprint is None:  # every stage records it: hash the tensors once
+            self._fingerprint = self.digest() if self.digest is not None else self._tensor_digest()
+        return self._fingerprint
+
+    def _tensor_digest(self) -> str:
         h = hashlib.sha256()
         for s in (self.train, self.val, self.test):
             if not isinstance(s, Split):

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from compress.errors import UserError
@@ -39,11 +39,41 @@ class ModelOptions(BaseModel):
     reset_head: bool = Field(False, description="replace a head whose class count differs from "
                                                 "the data's (fresh init; noted in the record)")
 
+    @field_validator("weights")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        # Recorded absolute, so later commands find the file from any working folder.
+        if value is None or value.startswith("models:/"):
+            return value
+        path = Path(os.path.expanduser(value))
+        if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+            raise ValueError(f"{value!r} is not a weights file: pretrained weights are never "
+                             "downloaded (e.g. torchvision's DEFAULT, IMAGENET1K_V1); save them "
+                             "to a .pth/.safetensors file and give its path")
+        return str(path.resolve())
+
+
+def absolute_name(name: str) -> str:
+    """`file:PATH:FUNC` with PATH made absolute (other names unchanged)."""
+    prefix, sep, rest = name.partition(":")
+    if prefix != "file" or not sep:
+        return name
+    where, colon, func = rest.rpartition(":")
+    if not colon or not where:
+        return name  # malformed: the resolver says how
+    return f"file:{Path(os.path.expanduser(where)).resolve()}:{func}"
+
 
 def split_options(opts: dict) -> tuple[ModelOptions, dict]:
     """(the options every model takes, the entry's own options)."""
     common = {k: opts[k] for k in COMMON_KEYS if k in opts}
     return ModelOptions(**common), {k: v for k, v in opts.items() if k not in COMMON_KEYS}
+
+
+def arrives_trained(section: dict) -> bool:
+    """A model with trained weights (a file, or a registered model): its first stage is import,
+    which evaluates it, instead of pretraining from a random init."""
+    return bool(section.get("weights")) or str(section.get("name", "")).startswith("models:/")
 
 
 def output_width(num_classes: int) -> int:

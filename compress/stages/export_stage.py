@@ -71,6 +71,8 @@ def _export_files(cfg: Config, model, masks, src: StageInfo, data, tmp: Path) ->
         files["onnx_fp32"] = FP32_FILE
     table = _table(cfg, model, data, columns, shrunk)
     metrics.update(_table_summary(table, ex.precision))
+    if data.preprocess and data.preprocess.get("kind") == "table":
+        metrics.update(_raw_rows_in(cfg, model, data, [c.path for c in columns]))
     deployed = columns[-1]
     metrics["onnx_bytes"] = float(deployed.path.stat().st_size)
     metrics.update({f"onnx_{k}": v for k, v in deployed.metrics.items()})
@@ -81,7 +83,33 @@ def _export_files(cfg: Config, model, masks, src: StageInfo, data, tmp: Path) ->
     return Work(files, metrics, masks.density() if masks is not None else 1.0,
                 extra={"structure": spec, "source_metrics": src.record["metrics"],
                        "onnx_metadata": meta, "export_table": table,
-                       "deployment": _deployment(ex)})
+                       "deployment": _deployment(ex), **_raw_inputs(data)})
+
+
+def _raw_rows_in(cfg: Config, model, data, paths: list[Path]) -> dict[str, float]:
+    """The table's preprocessing put in front of every deployed ONNX file, checked on raw test
+    rows against PyTorch on the same rows encoded (fp32 gated by export.rtol; a reduced copy's
+    error is informational)."""
+    from compress.export.onnx import check_parity
+    from compress.export.preprocess import prepend_table, raw_feed
+    ex = cfg.export
+    n = min(ex.parity_samples, len(data.test))
+    feed = raw_feed(data.preprocess, data.raw_rows("test", slice(0, n)))
+    out = {}
+    for i, path in enumerate(paths):
+        prepend_table(path, data.preprocess)
+        key = "parity_raw_rel_error" if i == 0 else "precision_raw_rel_error"
+        out[key] = check_parity(path, model, data.test.head(n), rtol=ex.rtol if i == 0 else math.inf,
+                                feed=feed)
+    return out
+
+
+def _raw_inputs(data) -> dict:
+    """The served model's raw inputs (name, MLflow type, kind), for tables."""
+    if not (data.preprocess and data.preprocess.get("kind") == "table"):
+        return {}
+    from compress.export.preprocess import raw_inputs
+    return {"raw_inputs": raw_inputs(data.preprocess)}
 
 
 def _reduced(cfg: Config, model, data, fp32, dest: Path, meta: dict):
@@ -199,6 +227,9 @@ def _metadata(src: StageInfo, spec: dict, data, providers: list[str]) -> dict[st
         "compress.kept_features": json.dumps(spec.get("input_kept", "all")),
         "compress.dataset": data.name, "compress.input_width": str(math.prod(data.in_shape)),
         "compress.providers": json.dumps(list(providers)),
+        # What a deployment does to raw inputs first (image decoding; tables: inside the graph)
+        **({"compress.preprocess": json.dumps(data.preprocess)} if data.preprocess else {}),
+        **{f"compress.{k}": json.dumps(v) for k, v in _raw_inputs(data).items()},
     }
 
 
@@ -213,7 +244,7 @@ def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) ->
     with env.tracker.run("register", tags={"compress.stage": "register"}, run_id=record["run_id"]):
         return env.tracker.register_onnx(Path(record["out_dir"]) / ONNX_FILE, cfg.export.registry_name,
                                          tags=tags, alias=cfg.export.alias,
-                                         input_example=data.test.head(2).numpy(),
+                                         input_example=_input_example(data),
                                          providers=list(cfg.export.providers))
 
 
@@ -234,3 +265,10 @@ def _model_lineage(ref: dict) -> dict[str, str]:
         tags["model_code_sha256"] = ref["file_sha256"]
     return tags
 
+
+def _input_example(data):
+    """Two test inputs as the deployed model takes them (a table's: raw columns by name)."""
+    if data.preprocess and data.preprocess.get("kind") == "table":
+        from compress.export.preprocess import raw_feed
+        return raw_feed(data.preprocess, data.raw_rows("test", slice(0, 2)))
+    return data.test.head(2).numpy()

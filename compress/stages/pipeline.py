@@ -150,6 +150,14 @@ def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: in
     Under torchrun rank 0 alone holds the lock, cleans up, reads and writes pipeline.json and
     decides which stages to reuse; the other ranks follow its decisions (dist.on_main).
     """
+    from compress.data.filebacked import one_scan_per_command
+    with one_scan_per_command():
+        return _run_pipeline(spec, env, layers, seed, out, resolve_source, fresh, tags)
+
+
+def _run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: int | None,
+                  out: Path | None, resolve_source, fresh: bool,
+                  tags: dict[str, str] | None) -> dict:
     root = Path(out) if out else env.root / spec.name
     infos = {sid: resolve_source(ref) for sid, ref in spec.sources.items()} if spec.sources else {}
     stages = plan(spec, layers, seed, root, infos)  # every config is checked before anything runs
@@ -178,9 +186,12 @@ def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: in
 
 def status_rows(spec: PipelineSpec, layers: list[dict], seed: int | None, root: Path,
                 resolve_source) -> list[dict]:
+    from compress.data.filebacked import one_scan_per_command
     infos = {sid: resolve_source(ref) for sid, ref in spec.sources.items()} if spec.sources else {}
     rows = []
-    for p in plan(spec, layers, seed, root, infos):
+    with one_scan_per_command():
+        planned = plan(spec, layers, seed, root, infos)
+    for p in planned:
         status, info = stage_status(p)
         rows.append({"id": p.spec.id, "stage": p.spec.stage, "status": status, "dir": str(p.out),
                      "run_id": info.record.get("run_id") if info else None, "identity": p.id[:12]})
@@ -255,6 +266,12 @@ def _flock(root: Path) -> Iterator[None]:
 
 
 def run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | None) -> dict:
+    from compress.data.filebacked import one_scan_per_command
+    with one_scan_per_command():
+        return _run_one(stage, cfg, env, src, out)
+
+
+def _run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | None) -> dict:
     from compress.stages import export_stage, train_stages
     if src is not None:
         check_source(cfg, src)
@@ -270,9 +287,13 @@ def run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | N
 
 
 def check_source(cfg, src: StageInfo) -> None:
-    """Later stages must use the data and model their source was trained with."""
+    """Later stages must use the data and model their source was trained with (options that
+    only change loading speed, like data.num_workers, may differ)."""
+    from compress.data.filebacked import identity_view
     for key in ("data", "model"):
-        theirs = src.record["config"][key]
-        if getattr(cfg, key) != theirs:
+        theirs, ours = src.record["config"][key], getattr(cfg, key)
+        if key == "data":
+            theirs, ours = identity_view(theirs), identity_view(ours)
+        if ours != theirs:
             raise UserError(f"{key} differs from the source stage in {src.dir} ({theirs}); "
                             f"a stage reads its source's {key}, so do not change {key}.* here")

@@ -53,14 +53,24 @@ class Work:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_data(name: str, opts_json: str):
+def _cached_data(name: str, opts_json: str, files: str | None):
     from compress.data import load_dataset
     return load_dataset(name, json.loads(opts_json))
 
 
 def load_data(cfg: Config):
+    """The configured data; loaded once per process for the same options and, for files,
+    the same fingerprint (an edited file is read again)."""
+    from compress.data.filebacked import files_fingerprint
     name, opts = cfg.section("data")
-    return _cached_data(name, json.dumps(opts, sort_keys=True))
+    return _cached_data(name, json.dumps(opts, sort_keys=True), files_fingerprint(cfg.data))
+
+
+def data_record(data) -> dict:
+    """What every stage records about its data: the fingerprint and the loader's facts
+    (e.g. computed mean/std, class names, dropped rows)."""
+    return {"data_fingerprint": data.fingerprint(), "data_facts": data.facts,
+            **({"data_preprocess": data.preprocess} if data.preprocess else {})}
 
 
 def build(cfg: Config, data, seed_offset: int = 0) -> nn.Module:
@@ -107,14 +117,19 @@ DISTILLING_STAGES = ("prune", "retrain")
 
 
 def identity(stage: str, cfg: Config, source_id: str = "") -> str:
-    """Hash of the config sections `stage` reads (files by their sha256) and its source's
-    identity."""
+    """Hash of the config sections the stage reads and its source's identity; model files and
+    weights by their sha256, file-backed data by the files' fingerprint (edited files are never
+    reused), and without the options that only change loading speed."""
+    from compress.data.filebacked import files_fingerprint, identity_view
     from compress.models.base import identity as model_identity
     sections = STAGE_INPUTS[stage]
     if cfg.distill is not None and stage in DISTILLING_STAGES:
         sections += ("distill",)
-    return cfg.digest(stage, source_id, sections=sections,
-                      replace={"model": model_identity(cfg.model)})
+    if cfg.plugins:  # the code that ran is part of what a stage is
+        sections += ("plugins",)
+    files = files_fingerprint(cfg.data)
+    return cfg.digest(stage, source_id, *((files,) if files else ()), sections=sections,
+                      replace={"model": model_identity(cfg.model), "data": identity_view(cfg.data)})
 
 
 def stage_id(stage: str, cfg: Config, src: StageInfo | None) -> str:

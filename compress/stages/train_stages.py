@@ -16,8 +16,8 @@ from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
 from compress.core.masks import MaskSet
 from compress.errors import UserError
 from compress.stages.artifacts import INIT, WEIGHTS, StageInfo, plot_curve, plot_density, save_state
-from compress.stages.runner import (StageEnv, Work, build, load_data, load_trained, run_stage,
-                                    split_metrics)
+from compress.stages.runner import (StageEnv, Work, build, data_record, load_data, load_trained,
+                                    run_stage, split_metrics)
 
 
 def import_model(cfg: Config, env: StageEnv, out: Path | None = None) -> dict:
@@ -35,7 +35,7 @@ def import_model(cfg: Config, env: StageEnv, out: Path | None = None) -> dict:
         save_state(model, tmp / WEIGHTS)
         os.link(tmp / WEIGHTS, tmp / INIT)  # the same bytes: no second copy on disk
         return Work({"weights": WEIGHTS, "init": INIT}, split_metrics(model, data), 1.0, [],
-                    {"structure": structure(model, None), "data_fingerprint": data.fingerprint(),
+                    {"structure": structure(model, None), **data_record(data),
                      "dense_train": None, "dense_seed": cfg.seed, "imported": imported})
 
     return run_stage("import", cfg, env, body, out=out)
@@ -52,7 +52,7 @@ def pretrain(cfg: Config, env: StageEnv, out: Path | None = None) -> dict:
         history = fit(model, data, cfg.train, seed=cfg.seed, progress="pretrain" if env.progress else None)
         save_state(model, tmp / WEIGHTS)
         return Work({"weights": WEIGHTS, "init": INIT}, split_metrics(model, data), 1.0, history,
-                    {"structure": structure(model, None), "data_fingerprint": data.fingerprint(),
+                    {"structure": structure(model, None), **data_record(data),
                      "dense_train": cfg.train.model_dump(), "dense_seed": cfg.seed,
                      **({"imported": imported} if imported else {})})
 
@@ -199,7 +199,8 @@ def _finish(tmp: Path, model, masks: MaskSet, src: StageInfo, data, history, ext
     files = {"weights": WEIGHTS, "init": INIT, "masks": "masks.safetensors",
              "density_plot": "density.png"}
     from compress.stages.lineage import dense_source
-    extra = {**extra, "layer_density": masks.layer_density(), "structure": structure(model, masks),
+    extra = {**extra, **data_record(data), "layer_density": masks.layer_density(),
+             "structure": structure(model, masks),
              "dense_train": src.record.get("dense_train"), "dense_seed": src.record.get("dense_seed"),
              "dense_source": dense_source(src)}
     return Work(files, split_metrics(model, data), masks.density(), history, extra)

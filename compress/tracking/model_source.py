@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -59,10 +61,19 @@ def _client():
     return mlflow, mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-@functools.lru_cache(maxsize=32)
+def _store() -> str:
+    from compress.tracking.mlflow_tracker import default_tracking_uri
+    return default_tracking_uri()
+
+
 def pin(uri: str) -> str:
     """`models:/NAME/VERSION` for a registered model URI (an alias resolved); UserError if the
-    model, version or alias does not exist."""
+    model, version or alias does not exist in the configured store."""
+    return _pin(uri, _store())
+
+
+@functools.lru_cache(maxsize=32)
+def _pin(uri: str, store: str) -> str:
     name, version, alias = parse(uri)
     _, client = _client()
     from mlflow.exceptions import MlflowException
@@ -88,18 +99,24 @@ def _local(pinned: str) -> Path:
     name, version, _ = parse(pinned)
     if version is None:
         return _local(pin(pinned))
-    local = CACHE / name / version
+    store = hashlib.sha256(_store().encode()).hexdigest()[:12]  # one cache per store
+    local = CACHE / store / name / version
     if not (local / "MLmodel").is_file():
-        mlflow, _ = _client()
+        mlflow, client = _client()
         from mlflow.exceptions import MlflowException
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{version}.partial")
-        try:
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
-                                                dst_path=str(tmp))
+        try:  # through this client's store, never mlflow's process-wide default
+            source = client.get_model_version_download_uri(name, version)
+            got = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp),
+                                                      tracking_uri=client.tracking_uri)
         except MlflowException as e:
             raise UserError(f"cannot download {pinned}: {_first(e)}") from None
-        tmp.replace(local)
+        found = sorted(Path(got).rglob("MLmodel"), key=lambda p: len(p.parts))
+        if not found:
+            raise UserError(f"{pinned} has no MLmodel file: it is not an MLflow model")
+        found[0].parent.replace(local)  # the model folder, whatever the store nested it in
+        shutil.rmtree(tmp, ignore_errors=True)
     if "pytorch:" not in (local / "MLmodel").read_text():
         raise UserError(f"{pinned} was not logged with mlflow.pytorch (its MLmodel has no "
                         "pytorch flavor); compress needs a PyTorch model")
@@ -112,10 +129,14 @@ def is_module(uri: str) -> bool:
     return not list((_local(uri) / "data").glob("*.pt2"))
 
 
-@functools.lru_cache(maxsize=8)
 def load(uri: str) -> nn.Module:
     """The registered module (pickled): unpickling runs the registry's code."""
-    local = _local(uri)
+    return _load(_local(uri).resolve())
+
+
+@functools.lru_cache(maxsize=8)
+def _load(local: Path) -> nn.Module:
+    uri = f"models:/{local.parent.name}/{local.name}"
     if not is_module(uri):
         raise UserError(f"{uri} was logged as a traced graph (pt2), which holds the weights but "
                         "not a module compress can restructure: give the architecture with "
