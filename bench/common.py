@@ -6,16 +6,20 @@ with a NullTracker, so what is measured is exactly what `compress pipeline run` 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -91,6 +95,41 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def bench_run(args, prefix: str) -> Iterator[tuple[dict, StageEnv]]:
+    """Thread count, provenance and a stage env over args.work (or a temp dir, removed after)."""
+    torch.set_num_threads(args.threads)
+    meta = provenance()
+    work = args.work or Path(tempfile.mkdtemp(prefix=prefix))
+    log(f"work dir {work}; results -> {args.out}")
+    try:
+        yield meta, make_env(work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def print_summary(table: str, args, payload: dict) -> None:
+    print()
+    print(table)
+    print(f"\nresults: {args.out}  (total {payload['wall_seconds_total']:.0f} s)")
+
+
+def save_results(path: Path, benchmark: str, status: str, meta: dict, args, protocol: dict,
+                 started: float, results: dict) -> dict:
+    """Write a benchmark's JSON: provenance, options, protocol, wall time and results."""
+    payload = {
+        "benchmark": benchmark, "status": status, **meta,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "protocol": protocol,
+        "wall_seconds_total": round(time.perf_counter() - started, 1),
+        "loadavg_end": list(os.getloadavg()),
+        "results": results,
+    }
+    write_json(path, payload)
+    return payload
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -21,16 +21,14 @@ that. The JSON is rewritten after every finished run, so a partial run leaves va
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (RESULTS_DIR, cfg_of, fmt_ms, log, make_env, markdown_table,  # noqa: E402
-                    mean_std, provenance, stage, write_json)
+from common import (RESULTS_DIR, cfg_of, fmt_ms, log, markdown_table,  # noqa: E402
+                    bench_run, mean_std, print_summary, save_results, stage)
 
 # The paper's settings and its Table 1 (test AUC %).
 DATASETS = {
@@ -63,6 +61,8 @@ def parse_args(argv=None):
     ap.add_argument("--anneal-epochs", type=int, default=100, help="CPNA epochs per annealing phase")
     ap.add_argument("--final-epochs", type=int, default=10, help="CPNA epochs at the final sparsity")
     ap.add_argument("--mu", type=float, default=10.0, help="CPNA annealing rate")
+    ap.add_argument("--budget", choices=("live", "revive", "paper"), default=None,
+                    help="CPNA connection budget rule (default: the package default)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: on this shared 2-core box, 2 threads ran "
                          "~5x slower per step than 1 under load)")
@@ -124,7 +124,8 @@ def run_seed(name: str, ds: dict, seed: int, args, env) -> dict:
     t_seed = time.perf_counter()
     H = ds["hidden"]
     method = {"name": "cpna", "output_connections": ds["output"], "input_connections": ds["input"],
-              "mu": args.mu, "anneal_epochs": args.anneal_epochs, "final_epochs": args.final_epochs}
+              "mu": args.mu, "anneal_epochs": args.anneal_epochs, "final_epochs": args.final_epochs,
+              **({"budget": args.budget} if args.budget else {})}
     widths = sorted(set(args.grid) | {H})
     grid, dense = {}, None
     for w in widths:
@@ -234,46 +235,36 @@ def tables(results: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-    torch.set_num_threads(args.threads)
-    meta = provenance()
-    work = args.work or Path(tempfile.mkdtemp(prefix="cpna-xor-"))
-    env = make_env(work)
-    log(f"work dir {work}; results -> {args.out}")
-    results = {name: {"settings": {k: v for k, v in DATASETS[name].items() if k != "paper"},
-                      "paper": DATASETS[name]["paper"], "seeds": [], "skipped_seeds": []}
-               for name in args.datasets}
-    plan = ([("3d", s) for s in range(args.seeds)] if "3d" in args.datasets else [])
-    others = [d for d in args.datasets if d != "3d"]
-    plan += [(d, s) for s in range(args.seeds) for d in others]
-    t0 = time.perf_counter()
-    payload = {}
+    with bench_run(args, "cpna-xor-") as (meta, env):
+        results = {name: {"settings": {k: v for k, v in DATASETS[name].items() if k != "paper"},
+                          "paper": DATASETS[name]["paper"], "seeds": [], "skipped_seeds": []}
+                   for name in args.datasets}
+        plan = ([("3d", s) for s in range(args.seeds)] if "3d" in args.datasets else [])
+        others = [d for d in args.datasets if d != "3d"]
+        plan += [(d, s) for s in range(args.seeds) for d in others]
+        t0 = time.perf_counter()
+        payload = {}
 
-    def save(status: str):
-        for name, block in results.items():
-            if block["seeds"]:
-                block["aggregate"] = aggregate(name, DATASETS[name], block["seeds"])
-        payload.update({
-            "benchmark": "cpna_xor", "status": status, **meta,
-            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "protocol": {
-                "train": "adam lr 3e-3, weight_decay 1e-3, batch 256, duration " + args.pretrain,
-                "cpna": {"mu": args.mu, "anneal_epochs": args.anneal_epochs,
-                         "final_epochs": args.final_epochs, "order": "sequential",
-                         "input_score": "path (package default)"},
-                "nn_best": f"dense widths {args.grid} plus the CPNA width, each the pretrain "
-                           "stage's final model; the one with the best val AUC, its test AUC",
-                "retrain": "same lr and duration as pretraining; rewind = original init, "
-                           "reinit = fresh random init (seed offset 7919)",
-                "data": "xor n_train 3000 / n_val 1000 / n_test 3000, data seed = run seed",
-            },
-            "wall_seconds_total": round(time.perf_counter() - t0, 1),
-            "loadavg_end": list(__import__("os").getloadavg()),
-            "results": results,
-        })
-        write_json(args.out, payload)
+        protocol = {
+            "train": "adam lr 3e-3, weight_decay 1e-3, batch 256, duration " + args.pretrain,
+            "cpna": {"mu": args.mu, "anneal_epochs": args.anneal_epochs,
+                     "final_epochs": args.final_epochs, "order": "sequential",
+                     "input_score": "path (package default)",
+                     "budget": args.budget or "package default"},
+            "nn_best": f"dense widths {args.grid} plus the CPNA width, each the pretrain "
+                       "stage's final model; the one with the best val AUC, its test AUC",
+            "retrain": "same lr and duration as pretraining; rewind = original init, "
+                       "reinit = fresh random init (seed offset 7919)",
+            "data": "xor n_train 3000 / n_val 1000 / n_test 3000, data seed = run seed",
+        }
 
-    try:
+        def save(status: str):
+            for name, block in results.items():
+                if block["seeds"]:
+                    block["aggregate"] = aggregate(name, DATASETS[name], block["seeds"])
+            payload.update(save_results(args.out, "cpna_xor", status, meta, args, protocol, t0,
+                                        results))
+
         for name, seed in plan:
             elapsed_min = (time.perf_counter() - t0) / 60
             if name != "3d" and elapsed_min > args.budget_min:
@@ -284,12 +275,7 @@ def main(argv=None) -> int:
             results[name]["seeds"].append(run_seed(name, DATASETS[name], seed, args, env))
             save("running")
         save("done")
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-    print()
-    print(tables(results))
-    print(f"\nresults: {args.out}  (total {payload['wall_seconds_total']:.0f} s)")
+    print_summary(tables(results), args, payload)
     return 0
 
 

@@ -54,8 +54,10 @@ def _fmt(v) -> str:
 
 
 def _counts(structure: dict | None, key: str) -> tuple:
+    """(kept, total) of one structure entry; for connections the live count where there is one
+    (constant and dead units' connections compute nothing that depends on the input)."""
     s = (structure or {}).get(key) or {}
-    return s.get("kept"), s.get("total")
+    return s.get("live", s.get("kept")), s.get("total")
 
 
 def stage_table(record: dict, dense: dict | None = None) -> None:
@@ -74,7 +76,9 @@ def stage_table(record: dict, dense: dict | None = None) -> None:
         if key in metrics:
             t.add_row(key.replace("_", " "), *([_fmt(dense.get(key))] if dense else []),
                       _fmt(metrics[key]))
-    for key, label in (("connections", "connections kept"), ("hidden_units", "hidden units kept"),
+    live = "live" in ((record.get("structure") or {}).get("connections") or {})
+    for key, label in (("connections", "live connections" if live else "connections kept"),
+                       ("hidden_units", "hidden units kept"),
                        ("input_features", "input features kept"), ("channels", "channels kept")):
         kept, total = _counts(record.get("structure"), key)
         if kept is not None:

@@ -53,6 +53,8 @@ def brute_force(model: MLP, masks: dict[str, torch.Tensor]) -> dict:
     for a in reversed(adj):
         coreach.insert(0, (a.t() @ coreach[0].double()) > 0)
     hidden = [reach[i] & coreach[i] for i in range(1, len(adj))]
+    constant = [~reach[i] & coreach[i] for i in range(1, len(adj))]
+    dead = [~coreach[i] for i in range(1, len(adj))]
     inputs = coreach[0]
     alive = [inputs, *hidden, torch.ones(adj[-1].shape[0], dtype=torch.bool)]
     live = sum(int(a[alive[i + 1]][:, alive[i]].sum()) for i, a in enumerate(adj))
@@ -61,6 +63,8 @@ def brute_force(model: MLP, masks: dict[str, torch.Tensor]) -> dict:
         "hidden_kept": [[int(i) for i in torch.nonzero(h).flatten()] for h in hidden],
         "live": live,
         "kept": sum(int(m.sum()) for m in masks.values()),
+        "constant": [int(c.sum()) for c in constant],
+        "dead": [int(d.sum()) for d in dead],
     }
 
 
@@ -97,7 +101,13 @@ def test_shrink_is_exact_and_counts_match_brute_force(hidden, density):
     assert spec["macs"]["shrunk"] == sum(a * b for a, b in zip(phys, phys[1:]))
     assert spec["macs"]["shrunk"] == count_macs(shrunk, x) < spec["macs"]["dense"]
     assert spec["params"]["shrunk"] == sum(p.numel() for p in shrunk.parameters())
-    assert spec["folded_constant_units"] >= 2
+    # Every hidden unit is exactly one of kept / constant / dead, and the counts are the graph's.
+    assert spec["hidden_units"]["per_layer_constant"] == expected["constant"]
+    assert spec["hidden_units"]["per_layer_dead"] == expected["dead"]
+    assert spec["hidden_units"]["constant"] == sum(expected["constant"])
+    assert spec["hidden_units"]["dead"] == sum(expected["dead"])
+    assert [k + c + d for k, c, d in zip(kept_widths, expected["constant"], expected["dead"])] \
+        == hidden
     json.dumps(spec)
 
 
@@ -127,7 +137,9 @@ def test_constant_units_fold_into_next_bias():
     apply_masks(model, masks)
     shrunk, spec = shrink_mlp(model, masks)
     assert spec["hidden_kept"] == [[0, 2, 4]]
-    assert spec["folded_constant_units"] == 2
+    assert spec["hidden_units"]["constant"] == 2 and spec["hidden_units"]["dead"] == 0
+    assert spec["connections"] == {"kept": 5 * 6 - 2 * 6 + 2 * 5, "total": 5 * 6 + 2 * 5,
+                                   "live": 3 * 6 + 2 * 3}
     w1, b1 = model.layers[1].weight.detach(), model.layers[1].bias.detach()
     assert torch.allclose(shrunk.layers[1].bias.detach(), b1 + w1[:, 1] * 0.9, atol=1e-7)
     x = torch.randn(10, 6)
@@ -273,3 +285,44 @@ def test_count_macs_linear_and_conv():
     conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=4))
     # 8x8 then 6x6 outputs; a grouped conv reads in_channels / groups per output.
     assert count_macs(conv, torch.randn(2, 3, 10, 10)) == 8 * 8 * 8 * 27 + 8 * 6 * 6 * 2 * 9
+
+
+def test_units_without_inputs_or_outputs_are_dead_not_constant():
+    """A unit with no inputs and no outputs, and a unit read only by a dead unit, are dead; a
+    unit with no inputs whose output reaches the logits is constant (issue 14: the old count
+    called every input-less unit folded)."""
+    model = MLP(4, [5, 3], 2)
+    masks = {"layers.0.weight": torch.ones(5, 4, dtype=torch.bool),
+             "layers.1.weight": torch.ones(3, 5, dtype=torch.bool),
+             "layers.2.weight": torch.ones(2, 3, dtype=torch.bool)}
+    masks["layers.0.weight"][0] = False          # h1 unit 0: no inputs ...
+    masks["layers.1.weight"][:, 0] = False       # ... and no outputs: dead
+    masks["layers.0.weight"][1] = False          # h1 unit 1: no inputs, read by h2: constant
+    masks["layers.2.weight"][:, 2] = False       # h2 unit 2: reaches no output: dead ...
+    masks["layers.1.weight"][:, 4] = False
+    masks["layers.1.weight"][2, 4] = True        # ... and h1 unit 4 is read only by it: dead
+    apply_masks(model, masks)
+    _, spec = shrink_mlp(model, masks)
+    units = spec["hidden_units"]
+    assert (units["per_layer_kept"], units["per_layer_constant"], units["per_layer_dead"]) == \
+        ([2, 2], [1, 0], [2, 1])
+    # live: inputs -> h1 units 2, 3 (2 x 4), h1 units 2, 3 -> h2 units 0, 1 (4), h2 0, 1 -> out (4)
+    assert spec["connections"]["live"] == 8 + 4 + 4
+    assert spec["connections"]["kept"] == sum(int(m.sum()) for m in masks.values())
+
+
+def test_summary_table_counts_live_connections(capsys):
+    """The stage summary shows the live count (issue 14), not what the masks keep."""
+    from compress.report import stage_table
+    model = MLP(6, [5], 2)
+    masks = {"layers.0.weight": torch.ones(5, 6, dtype=torch.bool),
+             "layers.1.weight": torch.ones(2, 5, dtype=torch.bool)}
+    masks["layers.0.weight"][[1, 3]] = False  # two constant units: 4 connections not live
+    apply_masks(model, masks)
+    record = {"stage": "prune", "method": "cpna", "metrics": {"test_auc": 0.9}, "density": 0.5,
+              "structure": structure_report(model, masks), "out_dir": "o", "run_id": "r",
+              "dense_metrics": {"test_auc": 0.8}}
+    assert record["structure"]["connections"]["kept"] == 28
+    stage_table(record)
+    line = next(x for x in capsys.readouterr().out.splitlines() if "live connections" in x)
+    assert line.replace("│", " ").split()[-2:] == ["40", "24"]  # dense total, live

@@ -7,7 +7,9 @@ A hidden unit goes when
   * its outgoing column in the next layer is all zero (nothing reads it), or
   * its incoming row is all zero: it outputs the constant relu(b_j), which is folded into the
     next layer's bias (b_next += W_next[:, j] * relu(b_j)).
-Each removal can starve a neighbouring layer, so both rules run to a fixed point. Input features
+Each removal can starve a neighbouring layer, so both rules run to a fixed point. The counts
+(live connections; kept, constant and dead units) come from compress.core.live's reachability
+on the same masked weights, so they do not depend on the order the fixed point removed things. Input features
 nothing reads are dropped by an index_select in the shrunk module's forward (a Gather in ONNX).
 A weight counts as pruned when its mask is False or, without masks, when it is exactly 0.
 """
@@ -20,6 +22,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from compress.core.live import live_connections, unit_states
 from compress.errors import UserError
 from compress.models.mlp import MLP
 
@@ -35,9 +38,11 @@ class _Plan:
     has_bias: list[bool]
     input_kept: list[int]
     hidden_kept: list[list[int]]
-    folded: int  # constant-output units folded into the next bias
     kept_connections: int  # weights the masks keep (or non-zero weights without masks)
     total_connections: int
+    live_connections: int  # kept, non-zero and on a path from an input to an output
+    constant_units: list[int]  # per hidden layer: no input path, but read on a path to an output
+    dead_units: list[int]  # per hidden layer: on no path to an output
 
 
 class ShrunkMLP(nn.Module):
@@ -144,8 +149,11 @@ def _drop_unread_units(w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tens
 def _plan(model: MLP, masks: Mapping[str, torch.Tensor] | None) -> _Plan:
     layers = _check_mlp(model)
     weights, biases, kept = _effective(layers, masks)
+    # Counted on the weights before the fold below rewrites them.
+    conn = [w != 0 for w in weights]
+    states = unit_states(conn)
+    live = sum(int(c.sum()) for c in live_connections(conn))
     alive = [torch.ones(w.shape[0], dtype=torch.bool) for w in weights[:-1]]
-    folded = 0
     # Every removal only zeroes entries, so the sweep terminates; repeat until nothing changes.
     changed = True
     while changed:
@@ -154,7 +162,6 @@ def _plan(model: MLP, masks: Mapping[str, torch.Tensor] | None) -> _Plan:
             n_const = _fold_constant_units(weights[h], biases[h], weights[h + 1], biases[h + 1],
                                            alive[h])
             n_dead = _drop_unread_units(weights[h], biases[h], weights[h + 1], alive[h])
-            folded += n_const
             changed |= bool(n_const or n_dead)
     input_alive = (weights[0] != 0).any(dim=0)
     return _Plan(
@@ -163,9 +170,11 @@ def _plan(model: MLP, masks: Mapping[str, torch.Tensor] | None) -> _Plan:
         has_bias=[layer.bias is not None for layer in layers],
         input_kept=_indices(input_alive),
         hidden_kept=[_indices(a) for a in alive],
-        folded=folded,
         kept_connections=kept,
         total_connections=sum(w.numel() for w in weights),
+        live_connections=live,
+        constant_units=[int(c.sum()) for c in states["constant"]],
+        dead_units=[int(d.sum()) for d in states["dead"]],
     )
 
 
@@ -209,21 +218,23 @@ def _report(model: MLP, plan: _Plan, shrunk_layers: list[nn.Linear]) -> dict:
     dense = list(model.layers)
     hidden_total = [layer.out_features for layer in dense[:-1]]
     hidden_kept = [len(k) for k in plan.hidden_kept]
-    live = sum(int((layer.weight != 0).sum()) for layer in shrunk_layers)
     return {
         "connections": {
-            "kept": plan.kept_connections,
+            "kept": plan.kept_connections,  # what the masks keep
             "total": plan.total_connections,
-            "live": live,  # non-zero weights that still reach the output after the shrink
+            "live": plan.live_connections,  # on an input -> output path: what the shrunk net has
         },
         "hidden_units": {
             "kept": sum(hidden_kept),
             "total": sum(hidden_total),
+            "constant": sum(plan.constant_units),  # folded into the next layer's bias
+            "dead": sum(plan.dead_units),  # reach no output
             "per_layer_kept": hidden_kept,
             "per_layer_total": hidden_total,
+            "per_layer_constant": plan.constant_units,
+            "per_layer_dead": plan.dead_units,
         },
         "input_features": {"kept": len(plan.input_kept), "total": dense[0].in_features},
-        "folded_constant_units": plan.folded,
         "params": {"dense": _module_params(dense), "shrunk": _module_params(shrunk_layers)},
         "macs": {
             "dense": sum(layer.in_features * layer.out_features for layer in dense),

@@ -7,6 +7,13 @@ and keep the M_e highest-scoring connections; removed connections never return. 
 connections are annealed first, then input->hidden ones (or both at once). A hidden unit left
 without outgoing connections is dead and loses its inputs too; an input feature left without
 connections is dropped by the export.
+
+`budget: live` counts only live connections (on a path from a kept input to an output) against
+M_e: a unit that loses its last input releases its outgoing connections and the freed budget
+goes to the next best connections of the layer being pruned (compress.methods.cpna_live).
+`budget: revive` keeps every unit's best input instead (measured worse on 3D-XOR: README).
+`budget: paper` counts every kept connection, as the paper does: units left without inputs keep
+their outgoing connections, which then carry only a constant.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from compress.core.live import live_connections
 from compress.core.loop import BaseHook, fit
 from compress.core.masking import MaskEnforcer, keep_top
 from compress.core.masks import MaskSet
 from compress.core.schedules import anneal_count
 from compress.errors import UserError
 from compress.methods.base import Method, MethodParams, PruneContext, PruneResult
+from compress.methods.cpna_live import keep_release, keep_revive
 from compress.methods.presets import TINY_MLP, tiny
 from compress.registry import register_method
 
@@ -48,6 +57,10 @@ class CPNAParams(MethodParams):
         "path", description="rank input weights by |w_ji|*||a_j|| (path) or |w_ji|")
     normalize: bool = Field(True, description="node normalisation (CPNA); false is CPA")
     granularity: Literal["connection", "node"] = "connection"
+    budget: Literal["live", "revive", "paper"] = Field(
+        "live", description="connection granularity: count live connections only (a unit left "
+        "without inputs releases its outputs; revive: it keeps its best input) or every kept "
+        "one (paper, the behaviour before issue 14)")
     units: int | None = Field(None, ge=1, description="node variant: hidden units kept per layer")
     unit_density: float | None = Field(None, gt=0, lt=1)
 
@@ -104,6 +117,7 @@ class CPNAHook(BaseHook):
 
     def __init__(self, p: CPNAParams, layers: list[tuple[str, nn.Linear]], enforcer: MaskEnforcer):
         self.p, self.enforcer = p, enforcer
+        self.live = p.budget != "paper" and p.granularity == "connection"
         self.names = [f"{n}.weight" for n, _ in layers]
         self.mods = [m for _, m in layers]
         self.phases = self._phases()
@@ -150,12 +164,17 @@ class CPNAHook(BaseHook):
         if self.p.normalize:
             normalize_units(self.mods)
         masks = dict(self.enforcer.masks)
+        self.keeps: dict[int, int] = {}  # this update's annealed count per layer pruned so far
         phase, e = divmod(epoch, self.p.anneal_epochs)
         for i, group in enumerate(self.phases[:phase + 1]):
             step = e if i == phase else self.p.anneal_epochs
-            for idx in group:
+            # Live budgets need each unit's outgoing connections settled first: output side first.
+            for idx in (sorted(group, reverse=True) if self.live else group):
                 self._prune(masks, idx, step)
-        self._remove_dead(masks)
+        if self.live:
+            self._release(masks)
+        else:
+            self._remove_dead(masks)
         self.enforcer.update(MaskSet(masks), state.optimizer)
 
     def _prune(self, masks: dict, idx: int, step: int) -> None:
@@ -166,7 +185,31 @@ class CPNAHook(BaseHook):
         keep = anneal_count(start, self.target(idx), step, self.p.anneal_epochs, self.p.mu)
         scores = connection_scores(self.mods, idx, self.p.input_score)
         scores = scores.masked_fill(~masks[name].to(scores.device), float("-inf"))
+        if self.live:
+            self.keeps[idx] = keep
+            masks[name] = self._keep_live(masks, idx, scores.cpu())
+            return
         masks[name] = keep_top(scores, min(keep, int(torch.isfinite(scores).sum()))).cpu()
+
+    def _keep_live(self, masks: dict, idx: int, scores: torch.Tensor) -> torch.Tensor:
+        """Layer idx's connections under the live budget; layers downstream are already pruned."""
+        live = live_connections([masks[n] for n in self.names])
+        last = len(self.mods) - 1
+        # Live outgoing connections of each target unit; units without any do not compete.
+        fan_out = live[idx + 1].sum(0) if idx < last else torch.zeros(scores.shape[0], dtype=torch.long)
+        if idx < last:
+            scores = scores.masked_fill((fan_out == 0)[:, None], float("-inf"))
+        if self.p.budget == "revive":
+            return keep_revive(scores, self.keeps[idx], fan_out)
+        # Downstream budgets count live connections: what they were given and no longer hold
+        # (their units lost inputs) comes back here, and the next layer's connections are paid
+        # by the unit that keeps them live.
+        down = [l for l in self.keeps if l > idx]
+        if idx + 1 not in down:
+            fan_out = torch.zeros_like(fan_out)
+        budget = self.keeps[idx] + sum(self.keeps[l] for l in down) - sum(
+            int(live[l].sum()) for l in down if l > idx + 1)
+        return keep_release(scores, budget, fan_out)
 
     def _prune_units(self, masks: dict, idx: int, step: int) -> None:
         rows, cols = masks[self.names[idx]], masks[self.names[idx + 1]]
@@ -179,6 +222,11 @@ class CPNAHook(BaseHook):
         kept = keep_top(score, min(keep, int(alive.sum())))
         masks[self.names[idx]] = rows & kept[:, None]
         masks[self.names[idx + 1]] = cols & kept[None, :]
+
+    def _release(self, masks: dict) -> None:
+        """Keep only live connections: dead units lose their inputs, constant units their outputs."""
+        for name, live in zip(self.names, live_connections([masks[n] for n in self.names])):
+            masks[name] = live
 
     def _remove_dead(self, masks: dict) -> None:
         """A hidden unit without outgoing connections is dead: drop its incoming ones too."""
@@ -209,7 +257,7 @@ class CPNA(Method):
         history = fit(ctx.model, ctx.data, ctx.train, seed=ctx.seed, hooks=[hook],
                       masks=enforcer, duration=f"{hook.total_epochs()}ep",
                       progress=self.name if ctx.progress else None)
-        info = {"phases": hook.phases, "epochs": hook.total_epochs(),
+        info = {"phases": hook.phases, "epochs": hook.total_epochs(), "budget": p.budget,
                 "targets": {hook.names[i]: hook.target(i) for g in hook.phases for i in g}}
         return PruneResult(enforcer.masks, history, info)
 

@@ -80,7 +80,7 @@ def test_prune_without_from_pretrains_and_prints_a_table(tmp_path):
     r = compress_subprocess("prune", "--method", "cpna", *sets(*TINY_SETS, *TINY_CPNA),
                             "--no-track", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    for words in ("test auc", "connections kept", "hidden units kept", "input features kept",
+    for words in ("test auc", "live connections", "hidden units kept", "input features kept",
                   "ONNX", "run id"):
         assert words in r.stdout
     assert list(tmp_path.glob("runs/prune-cpna/export/model.onnx"))
