@@ -59,3 +59,14 @@ def test_digits_are_images_that_conv_nets_and_mlps_both_take(model):
     d = load_dataset("digits", {})
     net = build_model(model, {}, d.in_shape, d.num_classes)
     assert net(d.test.x[:4]).shape == (4, 10)
+
+
+def test_standardise_leaves_train_constant_features_centred_not_blown_up():
+    import torch
+
+    from compress.data.base import Split, standardise
+    train = Split(torch.tensor([[0.0, 1.0], [0.0, 3.0]]), torch.zeros(2, dtype=torch.long))
+    test = Split(torch.tensor([[5.0, 2.0]]), torch.zeros(1, dtype=torch.long))
+    standardise(train, test)
+    assert test.x[0, 0] == 5.0  # constant 0 on train: centred, std 1 (was 5e6 with a clamp)
+    assert torch.allclose(test.x[0, 1], torch.tensor(0.0))

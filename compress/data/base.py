@@ -195,9 +195,12 @@ def split_three(x: torch.Tensor, y: torch.Tensor, sizes: tuple[int, int, int],
 
 
 def standardise(train: Split, *others: Split) -> None:
-    """Scale features by train-split mean and std (in place), so no test statistics leak."""
+    """Scale features by train-split mean and std (in place), so no test statistics leak. A
+    feature constant on train is only centred (std 1, as scikit-learn's StandardScaler): a
+    clamped tiny std would turn its rare non-zero test values into huge outliers."""
     mean = train.x.mean(0, keepdim=True)
-    std = train.x.std(0, keepdim=True).clamp_min(1e-6)
+    std = train.x.std(0, keepdim=True)
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)
     for s in (train, *others):
         s.x = (s.x - mean) / std
 

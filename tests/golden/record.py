@@ -22,7 +22,10 @@ GOLDEN = HERE / "methods.json"
 TINY_MLP = ["data.name=xor", "data.k=2", "data.p=6", "data.n_train=256", "data.n_val=128",
             "data.n_test=128", "model.name=mlp", "model.hidden=[24]", "train.duration=2ep",
             "train.batch_size=64"]
-TINY_CNN = ["data.name=digits", "model.name=conv2", "model.width=0.125", "model.batchnorm=true",
+# mnist5k, not digits: digits' standardisation of train-constant pixels was fixed on purpose
+# after the baseline (a bug, not behaviour to keep), and mnist5k's fixed normalisation is not.
+TINY_CNN = ["data.name=mnist5k", "data.n_train=600", "data.n_val=200", "data.n_test=200",
+            "model.name=conv2", "model.width=0.125", "model.batchnorm=true",
             "train.duration=2ep", "train.batch_size=128"]
 FAST = {
     "cpna": ["method.anneal_epochs=4", "method.final_epochs=1", "method.output_connections=5",
