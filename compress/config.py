@@ -211,6 +211,14 @@ def parse_set(item: str) -> dict:
     return value
 
 
+def load_spec(path: Path, model: type[BaseModel], what: str):
+    """A YAML file validated as `model` (a pipeline or sweep file); one line when it is not."""
+    try:
+        return model(**load_yaml(path, what))
+    except ValidationError as e:
+        raise UserError(f"{path}: " + format_validation(e)) from None
+
+
 def load_yaml(path: Path, what: str = "config file") -> dict:
     path = Path(path)
     if not path.is_file():

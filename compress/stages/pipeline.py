@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from compress.config import format_validation, load_yaml, resolve
+from compress.config import load_spec, resolve
 from compress.core import dist
 from compress.errors import UserError
 from compress.stages.artifacts import STAGE_FILE, StageInfo, read_stage
@@ -70,10 +70,7 @@ class PipelineSpec(BaseModel):
 
 
 def load_pipeline(path: Path) -> PipelineSpec:
-    try:
-        return PipelineSpec(**load_yaml(path, "pipeline file"))
-    except ValidationError as e:
-        raise UserError(f"{path}: " + format_validation(e)) from None
+    return load_spec(path, PipelineSpec, "pipeline file")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from compress.sweep.jobs import cell_jobs, planned_tracking, pretrain_job, tracking_of
+from compress.sweep.jobs import cell_jobs, pretrain_job, tracking_of
 from compress.sweep.progress import CellProgress
 from compress.sweep.spec import SweepSpec, cell_layer, cells
 

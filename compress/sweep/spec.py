@@ -24,10 +24,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from compress.config import format_validation, load_yaml, merge, parse_set
-from compress.errors import UserError
+from compress.config import load_spec, merge, parse_set
 
 
 class Resources(BaseModel):
@@ -72,10 +71,7 @@ class SweepSpec(BaseModel):
 
 
 def load_sweep(path: Path) -> SweepSpec:
-    try:
-        return SweepSpec(**load_yaml(path, "sweep file"))
-    except ValidationError as e:
-        raise UserError(f"{path}: " + format_validation(e)) from None
+    return load_spec(path, SweepSpec, "sweep file")
 
 
 def cells(spec: SweepSpec) -> list[dict[str, Any]]:

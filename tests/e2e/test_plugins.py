@@ -35,10 +35,13 @@ grid:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict:
+    import shutil
     target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("src") / "plugin"  # the build leaves nothing in the repo
+    shutil.copytree(ROOT / "examples" / "plugin", source)
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                        "--no-build-isolation", "--target", str(target),
-                        str(ROOT / "examples" / "plugin")], capture_output=True, text=True)
+                        "--no-build-isolation", "--target", str(target), str(source)],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     return {"PYTHONPATH": f"{target}:{ROOT}"}
 

@@ -1,1 +1,0 @@
-"""An example compress plugin: `lamp` (a method), `blobs` (a dataset), `widenet` (a model)."""
