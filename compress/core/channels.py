@@ -304,7 +304,7 @@ def _verify(ref: nn.Module, net: nn.Module, graph: ChannelGraph, removed: dict,
 def shrink_channels(model: nn.Module, example: torch.Tensor,
                     masks: Mapping[str, torch.Tensor] | None = None, round_to: int = 8,
                     ignore: Sequence[str] = (), rtol: float = 1e-4,
-                    widths=None) -> tuple[nn.Module, dict]:
+                    widths=None, strict: bool = False) -> tuple[nn.Module, dict]:
     """A copy of the masked `model` with its dead channels and heads physically removed, and
     its spec.
 
@@ -312,7 +312,7 @@ def shrink_channels(model: nn.Module, example: torch.Tensor,
     some dead ones: they are zero, so the output is unchanged. `widths(groups, alive, plan)` may
     choose other widths within [alive, size] (compress.core.widths). The result is checked
     against the masked model on `example` and a random input (ShrinkError naming the group
-    otherwise).
+    otherwise). With `strict`, dead units a mask cannot remove exactly are refused.
     """
     from compress.core.structure import count_macs
     from compress.core.surgery import cut
@@ -331,6 +331,10 @@ def shrink_channels(model: nn.Module, example: torch.Tensor,
     for g in graph.groups:
         if not g.exact:
             whole[g.name] = f"a mask cannot remove them exactly: {g.inexact}"
+            if strict and not bool(alive_units(g, state, {}).all()):
+                raise ShrinkUnsupported(f"cannot remove the dead channels of {g.name!r}: "
+                                        f"{g.inexact}, so removing one changes the others; "
+                                        f"{SHRINK_HINT}, or prune it with method.physical")
     alive = {g.name: alive_units(g, state, {}) for g in exact}
     keep = {g.name: rounded_width(int(alive[g.name].sum()), g.size, int(round_to))
             for g in exact}
