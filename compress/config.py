@@ -57,11 +57,13 @@ class ExportConfig(Strict):
         8, description="shrink: channels kept per group rounded to a multiple of this (dead "
                        "ones fill in; 1 = off), as export.round says; auto: whichever of 1, 8, "
                        "16 runs fastest in onnxruntime here at batch 16")
-    round: Literal["budget", "up", "down", "nearest"] = Field(
+    round: Literal["budget", "up", "down", "nearest", "latency"] = Field(
         "budget", description="widths: budget = round up cheapest-first while MACs stay within "
                               "round_budget of exact widths; up = always up (exact, may cancel "
                               "pruning); down / nearest = also drop live channels (smallest "
-                              "filters)")
+                              "filters); latency = per group, exact / next 8 / next 16, "
+                              "whichever onnxruntime runs fastest here (slow: times the model "
+                              "once per candidate)")
     round_budget: float = Field(0.1, ge=0, description="budget: extra MACs allowed for "
                                                        "rounding, as a fraction")
     rtol: float = Field(1e-5, gt=0, description="max relative error of ONNX vs PyTorch")

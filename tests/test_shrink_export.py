@@ -108,3 +108,14 @@ def test_the_fallback_prints_nothing(tmp_path, capfd):
     export_onnx(model, torch.randn(2, 3, 1, 1), tmp_path / "m.onnx")
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
+
+
+def test_latency_aware_widths_pick_per_group_among_exact_8_and_16(pruned):
+    from compress.export.latency_widths import measured_widths
+    model, masks, x = pruned
+    widths = measured_widths(model, masks, x, rounds=2, batch=2, max_groups=2)
+    net, spec = shrink(model, masks, x, round_to=1, rounding="latency", widths=widths)
+    assert spec["rounding"] == "latency" and "live_removed" not in spec
+    assert all(g["kept"] in (22, 24, 32) for g in spec["groups"])  # exact, next 8, next 16
+    with torch.no_grad():
+        assert torch.allclose(net(x), model(x), atol=1e-5)

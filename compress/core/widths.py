@@ -54,7 +54,7 @@ def rule(name: str, round_to: int, model: nn.Module | None = None,
     return lambda groups, alive, up: _within_budget(model, example, groups, alive, up, budget)
 
 
-def _unit_macs(model: nn.Module, example: torch.Tensor, groups: Sequence) -> dict[str, float]:
+def unit_macs(model: nn.Module, example: torch.Tensor, groups: Sequence) -> dict[str, float]:
     """MACs one unit of each group costs: for each conv/linear layer producing it, that
     layer's MACs per output channel, and for each reading it, its MACs per input channel."""
     from compress.core.flops import layer_macs
@@ -77,7 +77,7 @@ def _within_budget(model, example, groups, alive, up, budget: float) -> dict[str
     the total padding stays within `budget` of the model's MACs at exact widths."""
     from compress.core.structure import count_macs
     exact = {g.name: max(1, int(alive[g.name].sum())) for g in groups}
-    per_unit = _unit_macs(model, example, groups)
+    per_unit = unit_macs(model, example, groups)
     dense = count_macs(model, example[:1])
     # MACs at exact widths, estimated from the dense count minus what each removal saves.
     at_exact = max(dense - sum(per_unit[g.name] * (g.size - exact[g.name]) for g in groups),

@@ -169,6 +169,10 @@ def _deployable(cfg: Config, model, masks, example: torch.Tensor):
 
 def _shrink(model, example: torch.Tensor, masks, ex, round_to: int, widths=None):
     from compress.core.shrink import shrink
+    if ex.round == "latency":  # times candidates in onnxruntime: an export-side rule
+        from compress.export.latency_widths import measured_widths
+        widths = measured_widths(model, masks, example, rounds=max(3, ex.latency_rounds // 6),
+                                 opset=ex.opset)
     return shrink(model, masks, example, round_to=round_to, rounding=ex.round,
                   budget=ex.round_budget, rtol=ex.rtol, strict=ex.shrink is True, widths=widths)
 
