@@ -422,7 +422,9 @@ class _Analysis:
         kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
         if fn == "getitem":
             return self.getitem(node, args[0], node.args[1])
-        if fn in ("size",) or (fn == "getattr" and len(args) > 1 and args[1] == "shape"):
+        if fn == "getattr" and (len(args) < 2 or args[1] != "shape"):
+            return None  # dtype, device, ...: not tensors
+        if fn in ("size", "getattr"):
             lab = _lab(args[0])
             if len(args) > 1 and fn == "size":
                 return _Dyn(lab is not None and args[1] % len(_shape(node.args[0])) == lab.dim)
