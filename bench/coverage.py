@@ -4,7 +4,8 @@ default pruner: does it shrink, by how much, with parity, and how fast in onnxru
 For each model of torchvision.models.list_models(module=torchvision.models) (random init,
 never downloads; 10 classes; input 3xSxS, S = --size except where a builder needs more):
   compress  l1filter at channel sparsity 0.5 (the method's defaults: every group, heads too,
-            physical surgery where a mask cannot remove channels exactly; no fine-tuning),
+            physical surgery where a mask cannot remove channels exactly; plus linear=true,
+            the hidden units of classifier MLPs, as Torch-Pruning prunes them; no fine-tuning),
             then the export's shrink (export defaults: widths rounded to 8 within a 10% MACs
             budget), ONNX with the default exporter, parity against the pruned PyTorch model;
   torch-pruning  tp.pruner.MetaPruner(model, example, GroupMagnitudeImportance(p=2),
@@ -101,7 +102,7 @@ def run_compress(model, x, args, path: Path) -> dict:
     from compress.export.onnx import check_parity, export_onnx
     from compress.methods.structured import L1FilterParams, l1filter
     started = time.perf_counter()
-    result = l1filter(L1FilterParams(sparsity=args.sparsity, finetune="0ep"),
+    result = l1filter(L1FilterParams(sparsity=args.sparsity, linear=True, finetune="0ep"),
                       _context(model, x[:1]))
     net, spec = shrink(model, result.masks, x)
     if not spec.get("shrunk") and result.architecture is None:

@@ -39,7 +39,8 @@ class Scope:
 @dataclass
 class Plan:
     graph: ChannelGraph
-    chosen: list[Group]
+    scope: Scope
+    chosen: list[Group] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     example: torch.Tensor | None = None
 
@@ -47,7 +48,7 @@ class Plan:
 def choose(graph: ChannelGraph, scope: Scope, example: torch.Tensor,
            extra=None) -> Plan:
     """The groups `scope` allows (and `extra(group)` returns no reason against)."""
-    plan = Plan(graph, [], {}, example)
+    plan = Plan(graph, scope, example=example)
     for g in graph.groups:
         reason = _excluded(g, scope) or (extra(g) if extra else None)
         if reason:
@@ -128,7 +129,9 @@ def _mask(masks: MaskSet, name: str, param: torch.Tensor) -> torch.Tensor:
 def report(plan: Plan, pruned: Pruned, requested: dict[str, float], dense_macs: int,
            model: nn.Module) -> dict:
     """Requested vs achieved channel (and head) sparsity and the MACs ratio; the groups left
-    whole with the reason, listed when the achieved sparsity is more than GAP off."""
+    whole with the reason, listed when the achieved sparsity is more than GAP off. Channels
+    are those the request is about: every group but the model's input and output, and
+    without `linear` in the plan's scope the hidden units of Linear layers on flat vectors."""
     from compress.core.structure import count_macs
     from compress.core.surgery import cut
     if pruned.architecture is None:  # the masked model's MACs once shrunk
@@ -139,8 +142,8 @@ def report(plan: Plan, pruned: Pruned, requested: dict[str, float], dense_macs: 
     macs = count_macs(net, plan.example[:1])
     total = {"channels": 0, "heads": 0}
     gone = {"channels": 0, "heads": 0}
-    for name, (kind, size) in plan.graph.sizes.items():
-        if plan.graph.whole.get(name) in (INPUT, OUTPUT):
+    for name, (kind, size, flat) in plan.graph.sizes.items():
+        if plan.graph.whole.get(name) in (INPUT, OUTPUT) or (flat and not plan.scope.linear):
             continue
         total[kind] += size
         gone[kind] += len(pruned.removed.get(name, ()))

@@ -79,7 +79,9 @@ class Group:
 class ChannelGraph:
     groups: list[Group]             # removable groups, in module order of their names
     whole: dict[str, str]           # group name -> why it stays whole
-    sizes: dict[str, tuple[str, int]] = field(default_factory=dict)  # every group: kind, units
+    # Every group, whole or not: kind ("channels" / "heads"), units, produced by a Linear on
+    # flat vectors (a classifier MLP's hidden units).
+    sizes: dict[str, tuple[str, int, bool]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- tracing
@@ -852,7 +854,7 @@ class _Analysis:
         cells = self._blocks(group_of, unit_of, protos, whole)
         graph = ChannelGraph([], {})
         for gi, p in enumerate(protos):
-            graph.sizes[p["name"]] = (p["kind"], p["size"])
+            graph.sizes[p["name"]] = (p["kind"], p["size"], p["flat"])
             if gi in whole:
                 graph.whole[p["name"]] = whole[gi]
                 continue
