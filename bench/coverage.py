@@ -237,8 +237,8 @@ def main(argv=None) -> None:
         k: str(v) for k, v in vars(args).items() if k != "out"}, "results": previous}
     with tempfile.TemporaryDirectory(prefix="coverage-") as tmp:
         for name in _names(args.models):
-            if name in payload["results"]:
-                continue
+            if name in payload["results"] and args.models == "all":
+                continue  # resuming; a model named on the command line runs again
             log(f"{name}: pruning, exporting, timing")
             payload["results"][name] = run_model(name, args, Path(tmp))
             r = payload["results"][name]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -55,6 +56,7 @@ def parse_args(argv=None):
     ap.add_argument("--rounds-b1", type=int, default=60, help="round-robin rounds at batch 1")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     ap.add_argument("--quick", action="store_true", help="resnet18 at 64x64, 3 rounds")
+    ap.add_argument("--fresh", action="store_true", help="ignore results already in --out")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.quick:
@@ -176,10 +178,18 @@ def table(results: dict) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    previous = {}
+    if args.out.exists() and not args.fresh:  # one model per run (and lock) appends here
+        previous = json.loads(args.out.read_text())
     payload = {"provenance": provenance(), "settings": {
-        k: v for k, v in vars(args).items() if k != "out"}, "results": {}}
+        k: v for k, v in vars(args).items() if k != "out"}, "results": previous.get("results", {})}
+    if previous:
+        payload["earlier_runs"] = previous.get("earlier_runs", []) + [
+            {"provenance": previous["provenance"], "models": list(previous["results"])}]
     with tempfile.TemporaryDirectory(prefix="export-speed-") as tmp:
         for name in args.models:
+            if name in payload["results"]:
+                continue
             work = Path(tmp) / name
             work.mkdir()
             rows, paths = variants(name, args, work)

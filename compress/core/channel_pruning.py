@@ -21,7 +21,6 @@ from torch import nn
 from compress.core.chgraph import INPUT, OUTPUT, ChannelGraph, Group, cell_counts
 from compress.core.masking import apply_masks, keep_top, prunable_parameters
 from compress.core.masks import MaskSet
-from compress.errors import UserError
 
 GAP = 0.1  # achieved vs requested sparsity beyond which the report lists what stayed whole
 
