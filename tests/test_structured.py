@@ -118,7 +118,9 @@ def test_layer_sparsity_keep_dense_and_rounding():
     ({"sparsity": 0.95}, r"method.sparsity=0.95 would remove all 8 channels of layer 'features.0'"),
     ({"sparsity": 0.95, "round_to": 4}, r"would remove all 8 channels of layer 'features.0'"),
     ({"layer_sparsity": {"features.3": 1.0}}, r"layer_sparsity\['features.3'\]=1 must be in \[0, 1\)"),
-    ({"layer_sparsity": {"classifier.0": 0.5}}, "not a layer l1filter prunes"),
+    ({"layer_sparsity": {"classifier.0": 0.5}}, r"not a layer l1filter prunes \(its group stays "
+                                                r"whole: Linear hidden units \(method.linear"),
+    ({"layer_sparsity": {"classifier.4": 0.5}}, r"whole: it is the model's output"),
     ({"keep_dense": ["nope"]}, "no layer named 'nope'"),
 ])
 def test_l1filter_bad_options_are_refused_before_anything_runs(method, match):

@@ -158,8 +158,9 @@ def _l1_keep(p: L1FilterParams, plan: cp.Plan) -> dict[str, int]:
     lookup = groups_by_name(plan.chosen)
     unknown = [n for n in p.layer_sparsity if n.removesuffix(".weight") not in lookup]
     if unknown:
+        why = _why_whole(plan, unknown[0].removesuffix(".weight"))
         raise UserError(f"method.layer_sparsity names {', '.join(map(repr, unknown))}, not a "
-                        f"layer l1filter prunes; it prunes: "
+                        f"layer l1filter prunes{why}; it prunes: "
                         f"{', '.join(g.name for g in plan.chosen[:12])}"
                         f"{', ...' if len(plan.chosen) > 12 else ''}")
     rates = {lookup[n.removesuffix(".weight")].name: s for n, s in p.layer_sparsity.items()}
@@ -177,6 +178,16 @@ def _l1_keep(p: L1FilterParams, plan: cp.Plan) -> dict[str, int]:
             if g.name in rates else default(g)
         out[g.name] = _layer_keep(g, rate, p, option)
     return out
+
+
+def _why_whole(plan: cp.Plan, layer: str) -> str:
+    """' (it stays whole: REASON)' when `layer` is in a group the plan leaves whole."""
+    skipped = groups_by_name([g for g in plan.graph.groups if g.name in plan.skipped])
+    if layer in skipped:
+        return f" (its group stays whole: {plan.skipped[skipped[layer].name]})"
+    if layer in plan.graph.whole:
+        return f" (its group stays whole: {plan.graph.whole[layer]})"
+    return ""
 
 
 def _l1_check(p: L1FilterParams, ctx: PruneContext) -> None:
