@@ -148,3 +148,15 @@ def test_retrain_and_export_rebuild_the_cut_model_from_its_spec(cut):
     spec = json.loads((root / "again" / "prune" / "stage.json").read_text())["architecture"]
     assert [len(s["groups"]["features.0"]["kept"]) for s in spec["steps"]] == [8, 4]
     assert again["export_metrics"]["parity_rel_error"] <= 1e-5
+
+
+def test_latency_aware_widths_through_the_cli(l1):
+    root, out = l1
+    prune_dir = out["stages"]["prune"]["artifacts"]["dir"]
+    ex = compress_json("export", "--from", prune_dir, "--set", "export.round=latency",
+                       "--set", "export.latency_rounds=3", "--set", "export.benchmark=false",
+                       "--no-track", "--out", "latency", cwd=root)
+    spec = json.loads((Path(ex["artifacts"]["dir"]) / "stage.json").read_text())["structure"]
+    assert spec["rounding"] == "latency"
+    assert all(g["kept"] in (4, 8, 16) for g in spec["groups"][:2])  # 4 live: exact, 8 or 16
+    assert ex["metrics"]["parity_rel_error"] <= 1e-5
