@@ -26,7 +26,8 @@ from common import RESULTS_DIR, log, make_env, markdown_table, provenance, write
 from compress.config import resolve  # noqa: E402
 from compress.export.bench_table import LATENCY_BATCHES, ort_test_metrics  # noqa: E402
 from compress.export.onnx import ort_latencies  # noqa: E402
-from compress.export.precision import PRECISIONS, calibration_batches, reduce_precision  # noqa: E402
+from compress.export.precision import calibration_batches, reduce_precision  # noqa: E402
+from compress.vocab import PRECISIONS  # noqa: E402
 from compress.stages.artifacts import read_stage  # noqa: E402
 from compress.stages.pipeline import run_one  # noqa: E402
 from compress.stages.runner import load_data  # noqa: E402
@@ -46,7 +47,7 @@ def main() -> None:
         tmp = Path(tmp)
         rec = run_one("export", cfg, make_env(tmp / "runs"), src, tmp / "fp32")
         log(f"fp32 export: parity rel. error {rec['metrics']['parity_rel_error']:.2e}")
-        calib = calibration_batches(data.train.x, cfg.export.calibration_batches,
+        calib = calibration_batches(data.train, cfg.export.calibration_batches,
                                     cfg.export.calibration_batch_size, cfg.seed)
         paths = {"fp32": tmp / "fp32" / "model.onnx"}
         for p in PRECISIONS[1:]:

@@ -46,7 +46,7 @@ REDRAW_TIMES: list[float] = []
 
 
 def install_redraw_timer() -> None:
-    import compress.methods.edgepopup as ep
+    import compress.methods.edgepopup.method as ep
     if getattr(ep.redraw, "_bench_timed", False):
         return
     orig = ep.redraw
@@ -167,7 +167,7 @@ class Stepper:
 
 
 def step_timing(width: float, args) -> dict:
-    from compress.core import score_masks as sm
+    from compress.methods.edgepopup import scores as sm
     from compress.core.masking import prunable_parameters
     from compress.stages.runner import build, load_data
     cfg = cfg_of(base_config(0, width, args), {"train": sgd_train(args)}, seed=0)

@@ -34,10 +34,14 @@ OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", "-o", help="Output folder (a stage's folder; for multi-stage commands, their root).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 FromOpt = Annotated[Optional[str], typer.Option(
-    "--from", help="Source: a stage folder or an MLflow run id.")]
+    "--from", help="Source: a stage folder or an MLflow run id (prune also takes a registered "
+                   "model, models:/NAME@ALIAS or models:/NAME/VERSION).")]
 TrackOpt = Annotated[bool, typer.Option("--track/--no-track", help="Log to MLflow.")]
 FreshOpt = Annotated[bool, typer.Option(
     "--fresh", help="Re-run every stage instead of reusing finished, identical ones.")]
+PluginOpt = Annotated[Optional[list[str]], typer.Option(
+    "--plugin", metavar="MODULE", help="A module (or .py file) that registers methods, models or datasets "
+                     "(repeatable; recorded with the stages).")]
 GateOpt = Annotated[Optional[list[str]], typer.Option(
     "--gate", help="Quality gate on the JSON summary, e.g. 'metrics.test_accuracy>=0.97' "
     "(repeatable); a failed gate exits 3.")]
@@ -47,26 +51,34 @@ class Invocation:
     """The options every command shares, turned into config layers and a stage environment."""
 
     def __init__(self, config: Path | None, sets: list[str] | None, seed: int | None,
-                 out: Path | None, as_json: bool, track: bool, extra: dict | None = None):
+                 out: Path | None, as_json: bool, track: bool, extra: dict | None = None,
+                 plugins: list[str] | None = None):
         from compress.config import load_yaml, parse_set
-        # Flags like --method come first: --config and --set then refine that method's section
-        # (a later change of method name would reset the section and drop them).
-        self.layers = ([extra] if extra else []) + ([load_yaml(config)] if config else []) + \
+        # Plugins first (they register the names the rest may use); flags like --method next:
+        # --config and --set then refine that method's section (a later change of method
+        # name would reset the section and drop them).
+        self.layers = ([{"plugins": list(plugins)}] if plugins else []) + \
+            ([extra] if extra else []) + ([load_yaml(config)] if config else []) + \
             [parse_set(s) for s in sets or []]
         self.seed, self.out, self.as_json, self.track = seed, out, as_json, track
 
     def env(self, base: list[dict] | None = None):
-        from compress.config import resolve
+        from compress.config import tracking_settings
         from compress.stages.runner import StageEnv
         from compress.tracking import make_tracker
-        probe = resolve(*(base or []), *self.layers, seed=self.seed)
-        enabled = self.track and probe.tracking.enabled
-        tracker = make_tracker(enabled, probe.tracking.experiment)
+        # Only the tracking section: the rest may need the source stage's config (e.g.
+        # --set data.num_workers=0 for a source on an image folder), validated with it later.
+        tracking = tracking_settings(*(base or []), *self.layers)
+        tracker = make_tracker(self.track and tracking.enabled, tracking.experiment)
         return StageEnv(tracker=tracker, progress=not self.as_json)
 
     def source(self, ref: str, env):
         """A stage folder, or an MLflow run id resolved to one."""
         from compress.stages.artifacts import read_stage
+        if ref.startswith("models:/"):
+            raise UserError(f"{ref} is a registered model, not a stage: compress it with "
+                            f"`compress prune --from {ref} --method NAME` (or evaluate it with "
+                            f"`compress import --set model.name={ref}`)")
         path = Path(ref)
         if path.exists():
             return read_stage(path)
@@ -81,13 +93,13 @@ class Invocation:
 
 
 @contextlib.contextmanager
-def _interruptible():
+def _interruptible(message: str = "interrupted: the unfinished stage's outputs were discarded; "
+                                  "finished stages are kept"):
     """Ctrl-C inside a stage becomes a clean exit 130 (click would print 'Aborted!', exit 1)."""
     try:
         yield
     except KeyboardInterrupt:
-        raise Interrupted("interrupted: the unfinished stage's outputs were discarded; "
-                          "finished stages are kept") from None
+        raise Interrupted(message) from None
 
 
 def _single(stage: str, inv: Invocation, src_ref: str | None) -> None:
@@ -101,9 +113,20 @@ def _single(stage: str, inv: Invocation, src_ref: str | None) -> None:
 
 @app.command()
 def pretrain(config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
-             out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True) -> None:
-    """Train the dense network (saves its init weights for rewinding)."""
-    _single("pretrain", Invocation(config, set_, seed, out, as_json, track), None)
+             out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True,
+             plugin: PluginOpt = None) -> None:
+    """Train the dense network (saves its init weights for rewinding); with model.weights,
+    fine-tune those weights."""
+    _single("pretrain", Invocation(config, set_, seed, out, as_json, track, plugins=plugin), None)
+
+
+@app.command("import")
+def import_cmd(config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
+               out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True,
+             plugin: PluginOpt = None) -> None:
+    """Evaluate a trained model (model.weights, or model.name=models:/NAME@ALIAS) on the data:
+    the dense baseline that prune and retrain start from. Nothing is trained."""
+    _single("import", Invocation(config, set_, seed, out, as_json, track, plugins=plugin), None)
 
 
 @app.command()
@@ -116,17 +139,27 @@ def prune(method: Annotated[str, typer.Option("--method", "-m", help="A register
                                                help="Export the pruned model to ONNX.")] = True,
           register: Annotated[Optional[str], typer.Option(
               help="Register the exported ONNX model under this name.")] = None,
-          gate: GateOpt = None, fresh: FreshOpt = False) -> None:
-    """Prune with a method. Without --from, pretrains first; exports the winner to ONNX."""
+          gate: GateOpt = None, fresh: FreshOpt = False, plugin: PluginOpt = None) -> None:
+    """Prune with a method, then export the winner to ONNX. Without --from, the first stage is
+    import (a trained model: model.weights, or --from models:/NAME@ALIAS) or pretrain."""
     from compress.gates import parse_gates
     from compress.registry import METHODS
     gates = parse_gates(gate)
+    _load_plugins(plugin)
     METHODS.get(method)  # unknown names fail here, listing the valid ones
     extra = {"method": {"name": method}, **({"export": {"registry_name": register}} if register else {})}
-    inv = Invocation(config, set_, seed, out, as_json, track, extra=extra)
-    stages = [{"id": "prune", "stage": "prune", "from": "source" if source else "pretrain"}]
+    if source and source.startswith("models:/"):  # a registered model: imported, then pruned
+        from compress.tracking.model_source import is_module, pin
+        pinned = pin(source)
+        # A pickled module is the architecture; a traced graph (pt2) only brings its weights.
+        extra["model"] = {"name": pinned} if is_module(pinned) else {"weights": pinned}
+        source = None
+    inv = Invocation(config, set_, seed, out, as_json, track, extra=extra, plugins=plugin)
+    from compress.models.base import arrives_trained
+    first = "import" if arrives_trained(inv.config().model) else "pretrain"
+    stages = [{"id": "prune", "stage": "prune", "from": "source" if source else first}]
     if not source:
-        stages.insert(0, {"id": "pretrain", "stage": "pretrain"})
+        stages.insert(0, {"id": first, "stage": first})
     if export:
         stages.append({"id": "export", "stage": "export", "from": "prune"})
     _run_spec({"name": f"prune-{method}", "stages": stages,
@@ -148,11 +181,12 @@ def retrain(source: FromOpt = None,
             mode: Annotated[Optional[str], typer.Option(
                 help="finetune (keep weights) | rewind (original init) | reinit (fresh init)")] = None,
             config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
-            out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True) -> None:
+            out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True,
+             plugin: PluginOpt = None) -> None:
     """Retrain a pruned network with its mask: fine-tune, rewind to init, or re-initialise."""
     _require(source, "retrain")
     extra = {"retrain": {"mode": mode}} if mode else None
-    _single("retrain", Invocation(config, set_, seed, out, as_json, track, extra), source)
+    _single("retrain", Invocation(config, set_, seed, out, as_json, track, extra, plugin), source)
 
 
 @app.command("export")
@@ -161,18 +195,20 @@ def export_cmd(source: FromOpt = None,
                    help="Register the ONNX model under this name in the MLflow registry.")] = None,
                alias: Annotated[Optional[str], typer.Option(help="Registry alias to set.")] = None,
                config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
-               out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True) -> None:
+               out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True,
+             plugin: PluginOpt = None) -> None:
     """Export a stage's model to structurally shrunk ONNX (parity-checked), optionally register it."""
     _require(source, "export")
     extra = {"export": {k: v for k, v in (("registry_name", register), ("alias", alias)) if v}}
-    _single("export", Invocation(config, set_, seed, out, as_json, track, extra), source)
+    _single("export", Invocation(config, set_, seed, out, as_json, track, extra, plugin), source)
 
 
 @pipeline_app.command("run")
 def pipeline_run(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
                  config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
                  out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True,
-                 gate: GateOpt = None, fresh: FreshOpt = False) -> None:
+                 gate: GateOpt = None, fresh: FreshOpt = False,
+             plugin: PluginOpt = None) -> None:
     """Run every stage of a pipeline file under one parent MLflow run.
 
     Re-running the same command reuses stages that finished with the same config and inputs
@@ -182,7 +218,7 @@ def pipeline_run(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
     from compress.stages.pipeline import load_pipeline
     gates = parse_gates(gate)
     spec = load_pipeline(file)
-    inv = Invocation(config, set_, seed, out, as_json, track)
+    inv = Invocation(config, set_, seed, out, as_json, track, plugins=plugin)
     _run_spec(spec.model_dump(by_alias=True), inv, main=None, gates=gates, fresh=fresh)
 
 
@@ -210,19 +246,34 @@ def pipeline_status(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")]
 @app.command()
 def sweep(file: Annotated[Path, typer.Argument(help="Sweep YAML (grid of methods, densities, "
                                                 "seeds, any config key).")],
-          workers: Annotated[int, typer.Option(min=1, help="Local worker processes for the cells.")] = 1,
+          backend: Annotated[str, typer.Option(
+              help="Where cells run: local (this machine) or ray (Ray tasks, `compress[ray]`).")] = "local",
+          workers: Annotated[Optional[int], typer.Option(
+              min=1, help="--backend local: worker processes for the cells (default 1).")] = None,
+          address: Annotated[Optional[str], typer.Option(
+              help="--backend ray: the cluster (auto, HOST:6379 or ray://HOST:10001; default "
+              "$RAY_ADDRESS, else a private Ray instance on this machine).")] = None,
           config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
           out: OutOpt = None, as_json: JsonOpt = False, track: TrackOpt = True,
-          fresh: FreshOpt = False) -> None:
+          fresh: FreshOpt = False, plugin: PluginOpt = None) -> None:
     """Run a grid of prune cells over one shared pretrain; each cell is a tracked run."""
+    from compress.config import tracking_settings
     from compress.sweep import load_sweep, run_sweep
+    from compress.sweep.driver import check_cells, make_backend
+    from compress.sweep.jobs import planned_tracking
     spec = load_sweep(file)
-    inv = Invocation(config, set_, seed, out, as_json, track)
+    inv = Invocation(config, set_, seed, out, as_json, track, plugins=plugin)
+    # Cells, backend options and stores are checked before a tracker creates any file.
+    check_cells(spec, inv.layers, inv.seed)
+    runner = make_backend(backend, spec, workers, address)
+    tracking = tracking_settings(spec.config, *inv.layers)
+    runner.check(planned_tracking(track and tracking.enabled, tracking.experiment))
     env = inv.env(base=[spec.config])
-    with _interruptible():
-        result = run_sweep(spec, env, inv.layers, inv.seed, inv.out, workers=workers, fresh=fresh,
+    with _interruptible("interrupted: unfinished cells were cancelled; finished cells are kept "
+                        "and a re-run reuses them"):
+        result = run_sweep(spec, env, inv.layers, inv.seed, inv.out, runner=runner, fresh=fresh,
                            track=not isinstance(env.tracker, _null_tracker()),
-                           experiment=inv.config().tracking.experiment)
+                           experiment=tracking.experiment)
     if as_json:
         print(json.dumps(result, default=str))
         return
@@ -276,16 +327,43 @@ def report(sweep_name: Annotated[Optional[str], typer.Option(
 
 
 @app.command()
-def methods(as_json: JsonOpt = False) -> None:
-    """List the registered pruning methods."""
+def methods(as_json: JsonOpt = False, plugin: PluginOpt = None) -> None:
+    """List the registered pruning methods (and where each comes from)."""
     from compress.registry import METHODS
+    _load_plugins(plugin)
     entries = METHODS.entries()
     if as_json:
-        print(json.dumps({e.name: e.summary for e in entries}))
+        print(json.dumps({e.name: {"summary": e.summary, "origin": e.origin} for e in entries}))
         return
     width = max(len(e.name) for e in entries)
     for e in entries:
-        print(f"{e.name:<{width}}  {e.summary}")
+        where = "" if e.origin == "built-in" else f"  [{e.origin}]"
+        print(f"{e.name:<{width}}  {e.summary}{where}")
+
+
+def _load_plugins(names: list[str] | None) -> None:
+    if names:
+        from compress.plugins import load_plugins
+        load_plugins(names)
+
+
+def _catalog(kind: str, as_json: bool) -> None:
+    from compress.catalog import catalog, render
+    from compress.registry import DATASETS, MODELS
+    items = catalog({"dataset": DATASETS, "model": MODELS}[kind])
+    print(json.dumps(items, default=str) if as_json else render(items))
+
+
+@app.command()
+def datasets(as_json: JsonOpt = False) -> None:
+    """List the registered datasets with their options (the data.* keys)."""
+    _catalog("dataset", as_json)
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the registered models (and torchvision:NAME) with their options (model.* keys)."""
+    _catalog("model", as_json)
 
 
 # ------------------------------------------------------------------ registry

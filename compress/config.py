@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from compress.core.schedules import DurationStr
 
 from compress.errors import UserError
+from compress.vocab import Exporter, Precision, RetrainMode
 
 NAMED_SECTIONS = ("data", "model", "method")
+# Options of a named section that belong to every entry, so a change of `name` keeps them.
+SHARED_KEYS = {"model": ("weights", "reset_head")}
 
 
 class Strict(BaseModel):
@@ -39,11 +42,26 @@ class TrainConfig(Strict):
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="where fit() trains: cpu, cuda (under torchrun the local rank's GPU), "
                            "or auto (cuda when available)")
+    # Set by the stage, never by config: the dense model that distills into this training.
+    _teacher: Any = PrivateAttr(default=None)
+
+    def with_teacher(self, teacher: Any, distill: "DistillConfig | None") -> "TrainConfig":
+        """A copy whose trainings distill from `teacher` (None: a plain copy)."""
+        out = self.model_copy()
+        out._teacher = (teacher, distill) if teacher is not None and distill is not None else None
+        return out
+
+
+class DistillConfig(Strict):
+    """Knowledge distillation from the dense model into every training of a prune or retrain
+    stage: loss = (1 - alpha) * task loss + alpha * T^2 * KL(teacher_T || student_T)."""
+
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
+    temperature: float = Field(4.0, gt=0, description="softens both models' outputs")
 
 
 class RetrainConfig(Strict):
-    mode: Literal["finetune", "rewind", "reinit", "scratch_e", "scratch_b", "random_prune"] = \
-        "finetune"
+    mode: RetrainMode = "finetune"
     rewind: DurationStr = Field("0it", description="rewind point for rewind/random_prune: '0it' = init")
     scope: Literal["layerwise", "global"] = Field(
         "layerwise", description="random_prune: keep per-layer counts, or only the total")
@@ -69,7 +87,7 @@ class ExportConfig(Strict):
     rtol: float = Field(1e-5, gt=0, description="max relative error of ONNX vs PyTorch")
     parity_samples: int = Field(256, ge=1)
     opset: int | None = None
-    exporter: Literal["auto", "torchscript", "dynamo"] = Field(
+    exporter: Exporter = Field(
         "auto", description="torch.onnx.export path: torchscript (0.1-0.3 s for the CPNA MLP), "
                             "dynamo (torch's default, 2-8 s there), or auto: torchscript, and "
                             "dynamo where torchscript cannot express an op")
@@ -79,7 +97,7 @@ class ExportConfig(Strict):
         default_factory=lambda: ["CPUExecutionProvider"],
         description="onnxruntime execution providers recorded for deployment (ONNX metadata, "
                     "MLflow model); checks here always run on the CPU provider")
-    precision: Literal["fp32", "fp16", "int8-dynamic", "int8-static"] = Field(
+    precision: Precision = Field(
         "fp32", description="precision of the deployed model.onnx (fp32 kept as model.fp32.onnx)")
     max_accuracy_drop: float = Field(
         0.01, ge=0, le=1, description="refuse a reduced-precision model whose onnxruntime test "
@@ -122,11 +140,16 @@ class TrackingConfig(Strict):
 
 
 class Config(Strict):
+    plugins: list[str] = Field(default_factory=list, description="modules (or .py files) that "
+                                                                 "register methods, models, datasets")
     seed: int = 0
     data: dict[str, Any] = Field(default_factory=lambda: {"name": "xor"})
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"})
     train: TrainConfig = Field(default_factory=TrainConfig)
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "cpna"})
+    distill: DistillConfig | None = Field(
+        None, description="distill from the dense model while pruning and retraining "
+                          "({alpha: 0.5, temperature: 4.0}); null = off")
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -144,9 +167,11 @@ class Config(Strict):
     def dump(self) -> dict:
         return self.model_dump(mode="json")
 
-    def digest(self, *extra: str, sections: tuple[str, ...] | None = None) -> str:
-        """Stable hash of this config (or of some of its sections) plus its inputs' identities."""
-        body = self.dump()
+    def digest(self, *extra: str, sections: tuple[str, ...] | None = None,
+               replace: dict | None = None) -> str:
+        """Stable hash of this config (or of some of its sections) plus its inputs' identities;
+        `replace` swaps sections for what identifies them (e.g. files by their sha256)."""
+        body = {**self.dump(), **(replace or {})}
         if sections is not None:
             body = {k: body[k] for k in sections}
         blob = json.dumps([body, *extra], sort_keys=True, default=str)
@@ -155,14 +180,20 @@ class Config(Strict):
 
 # ---------------------------------------------------------------- layering
 def merge(base: dict, over: dict) -> dict:
-    """Deep merge; a named section whose `name` changes is replaced, not merged."""
+    """Deep merge; a named section whose `name` changes is replaced, not merged (but keeps
+    the options every entry of it takes, e.g. model.weights)."""
     out = copy.deepcopy(base)
     for key, value in over.items():
         old = out.get(key)
         renamed = (key in NAMED_SECTIONS and isinstance(value, dict) and isinstance(old, dict)
                    and "name" in value and value["name"] != old.get("name"))
-        if isinstance(value, dict) and isinstance(old, dict) and not renamed:
+        if key == "plugins" and isinstance(old, list) and isinstance(value, list):
+            out[key] = list(dict.fromkeys([*old, *value]))  # every layer's plugins, once
+        elif isinstance(value, dict) and isinstance(old, dict) and not renamed:
             out[key] = merge(old, value)
+        elif renamed:
+            kept = {k: old[k] for k in SHARED_KEYS.get(key, ()) if k in old}
+            out[key] = {**copy.deepcopy(kept), **copy.deepcopy(value)}
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -205,6 +236,15 @@ def load_yaml(path: Path, what: str = "config file") -> dict:
     return data
 
 
+def _load_plugins(layers: tuple[dict, ...]) -> None:
+    """Import the plugins any layer names before names are looked up in the registries."""
+    names = [p for layer in layers if isinstance(layer, dict)
+             for p in (layer.get("plugins") or []) if isinstance(p, str)]
+    if names:
+        from compress.plugins import load_plugins
+        load_plugins(names)
+
+
 def _method_defaults(layers: list[dict]) -> dict:
     """The embedded defaults of whichever method the layers select (the last name wins)."""
     from compress.registry import METHODS
@@ -219,6 +259,7 @@ def _method_defaults(layers: list[dict]) -> dict:
 
 def resolve(*layers: dict, seed: int | None = None) -> Config:
     """Merge layers over the defaults, validate every section, return the typed config."""
+    _load_plugins(layers)
     merged: dict = Config().dump()
     merged = merge(merged, _method_defaults(list(layers)))
     for layer in layers:
@@ -233,6 +274,20 @@ def resolve(*layers: dict, seed: int | None = None) -> Config:
     return cfg
 
 
+def tracking_settings(*layers: dict) -> TrackingConfig:
+    """The tracking section the layers select (what a command needs before it reads its
+    source stage, whose config the other sections build on)."""
+    merged: dict = {}
+    for layer in layers:
+        section = layer.get("tracking")
+        if isinstance(section, dict):
+            merged = merge(merged, section)
+    try:
+        return TrackingConfig(**merged)
+    except ValidationError as e:
+        raise UserError(format_validation(e, prefix="tracking")) from None
+
+
 def _validate_named(cfg: Config) -> None:
     """Check data/model/method options against their registered Params; fill in defaults."""
     from compress.registry import DATASETS, METHODS, MODELS
@@ -242,12 +297,26 @@ def _validate_named(cfg: Config) -> None:
             raise UserError(f"config error at {key}.name: missing; valid: {', '.join(reg.names())}")
         entry = reg.get(body["name"])
         opts = {k: v for k, v in body.items() if k != "name"}
+        common = {}
+        if key == "model":  # keys every model takes (weights, reset_head), beside its own
+            from compress.models.base import absolute_name, split_options
+            body = {**body, "name": absolute_name(body["name"])}
+            try:
+                shared, opts = split_options(opts)
+            except ValidationError as e:
+                raise UserError(format_validation(e, prefix=key)) from None
+            common = shared.model_dump(mode="json", exclude_defaults=True)
         try:
             typed = entry.params(**opts) if entry.params else None
         except ValidationError as e:
             raise UserError(format_validation(e, prefix=key)) from None
-        full = {"name": body["name"], **(typed.model_dump(mode="json") if typed else {})}
+        full = {"name": body["name"], **(typed.model_dump(mode="json") if typed else {}), **common}
         setattr(cfg, key, full)
+
+
+# Where each named section's valid keys are listed (other sections: the README).
+LISTINGS = {"data": "`compress datasets`", "model": "`compress models`",
+            "method": "`compress methods`"}
 
 
 def format_validation(e: ValidationError, prefix: str = "") -> str:
@@ -257,6 +326,7 @@ def format_validation(e: ValidationError, prefix: str = "") -> str:
         loc = ".".join(str(x) for x in ((prefix,) if prefix else ()) + tuple(err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `compress methods` and the README list keys)"
+            where = LISTINGS.get(loc.split(".")[0], "the README")
+            msg = f"unknown key (check the spelling; {where} lists the keys)"
         parts.append(f"at {loc or '<top>'}: {msg}")
     return "config error " + "; ".join(parts)

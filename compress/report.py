@@ -16,7 +16,8 @@ def stage_json(record: dict) -> dict:
     out["artifacts"] = _artifacts(record)
     out["reused"] = bool(record.get("reused"))  # a resumed pipeline's finished stage
     for key in ("registered", "structure", "pruning", "dense_metrics", "mode", "curve",
-                "export_table", "deployment"):
+                "export_table", "deployment", "model_ref", "imported", "data_fingerprint",
+                "data_facts", "raw_inputs"):
         if key in record:
             out[key] = record[key]
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.fixtures_mlflow"]
+pytest_plugins = ["tests.fixtures_mlflow", "tests.fixtures_data", "tests.fixtures_ray"]
 
 import os
 

@@ -12,7 +12,8 @@ SMALL = {"xor": {"k": 2, "p": 5, "n_train": 100, "n_val": 50, "n_test": 50}, "di
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_every_dataset_is_deterministic_and_well_formed(name):
     if DATASETS.get(name).defaults.get("needs_files"):
-        pytest.skip("reads data.root; covered with on-disk fakes by tests/test_data_vision.py")
+        pytest.skip("reads user files: covered with files on disk by tests/test_data_vision.py, "
+                    "test_data_imagefolder.py, test_data_table.py")
     a, b = load_dataset(name, SMALL.get(name, {})), load_dataset(name, SMALL.get(name, {}))
     assert a.fingerprint() == b.fingerprint()
     for split in (a.train, a.val, a.test):

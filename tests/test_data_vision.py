@@ -86,6 +86,13 @@ def test_mnist_reads_torchvision_layout(tmp_path):
     assert sorted(ids(d.train) + ids(d.val)) == list(range(120))
     again = load_dataset("mnist", {"root": str(tmp_path), "n_val": 20})
     assert again.fingerprint() == d.fingerprint()
+    # stage identities follow the files: a rewritten file changes their fingerprint
+    from compress.data.filebacked import files_fingerprint
+    section = {"name": "mnist", "root": str(tmp_path), "n_val": 20}
+    before = files_fingerprint(section)
+    test_labels = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    test_labels.write_bytes(test_labels.read_bytes()[:-1] + b"\x03")
+    assert files_fingerprint(section) != before
     other = load_dataset("mnist", {"root": str(tmp_path), "n_val": 20, "seed": 1})
     assert ids(other.val) != ids(d.val)
     with pytest.raises(UserError, match="n_val=120 leaves no training images"):

@@ -137,7 +137,7 @@ def _weedout(**opts) -> dict:
     from compress.core.masking import prunable_parameters
     from compress.core.masks import MaskSet
     from compress.methods.base import PruneContext
-    from compress.methods.weedout import weedout
+    from compress.methods.weedout.method import weedout
     from compress.stages.runner import build, load_data
     cfg = resolve({**WEEDOUT, "method": {"name": "weedout", "density": 0.3, "fitness_batch": 48,
                                          "selection": "tournament", **opts}}, seed=3)

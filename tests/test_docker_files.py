@@ -157,7 +157,7 @@ def test_dockerignore_lets_every_copied_path_through():
 def test_compose_file():
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "mlflow", "runner", "server"}
+    assert set(services) == {"postgres", "mlflow", "runner", "server", "ray-head", "ray-worker"}
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
@@ -183,6 +183,34 @@ def test_compose_file():
     registered = re.search(r"--register=(\S+)", runner).group(1)
     alias = re.search(r"export\.alias=(\S+)", runner).group(1)
     assert services["server"]["environment"]["MODEL_URI"] == f"models:/{registered}@{alias}"
+
+
+def test_compose_ray_profile_runs_the_runner_image_as_a_ray_cluster():
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    ray = {name: s for name, s in services.items() if "ray" in s.get("profiles", [])}
+    assert set(ray) == {"ray-head", "ray-worker"}  # optional; everything else starts by default
+    assert all("profiles" not in s for name, s in services.items() if name not in ray)
+    head, worker = ray["ray-head"], ray["ray-worker"]
+    for service in (head, worker):
+        assert service["image"] == services["runner"]["image"]  # the runner image joins Ray
+        assert service["entrypoint"] == ["ray"] and service["command"][0] == "start"
+        assert "--block" in service["command"] and "--disable-usage-stats" in service["command"]
+        env = service["environment"]
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == "${RAY_AUTH_TOKEN:-}"
+        assert service["shm_size"]  # the object store lives in /dev/shm
+    port = next(a.split("=")[1] for a in head["command"] if a.startswith("--port="))
+    assert "--head" in head["command"] and f"--address=ray-head:{port}" in worker["command"]
+    assert "ray-head" in worker["depends_on"]
+    client_port = next(a.split("=")[1] for a in head["command"]
+                       if a.startswith("--ray-client-server-port="))
+    assert any(p.startswith("127.0.0.1:") and p.endswith(f":{client_port}") for p in head["ports"])
+    assert "volumes" not in worker  # its own scratch: cells share only through MLflow
+    # A driver in the runner container presents the cluster's token.
+    assert services["runner"]["environment"]["RAY_AUTH_TOKEN"] == "${RAY_AUTH_TOKEN:-}"
+    assert "ray" in lock_pins() and "grpcio" in lock_pins()  # Ray and its client in the image
+    sweep = re.search(r"sweep (/opt/compress/(\S+\.yaml))", (DOCKER / "compose.yaml").read_text())
+    assert (ROOT / sweep.group(2)).is_file(), sweep.group(1)
 
 
 def test_serve_entrypoint_rewrites_providers(tmp_path):

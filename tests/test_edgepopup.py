@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from compress.config import resolve
-from compress.core import score_masks as sm
+from compress.methods.edgepopup import scores as sm
 from compress.core.loop import fit
 from compress.core.masking import prunable_parameters
 from compress.core.masks import MaskSet
 from compress.errors import UserError
 from compress.methods.base import PruneContext
-from compress.methods.edgepopup import rebuild
+from compress.methods.edgepopup.method import rebuild
 from compress.registry import METHODS
 from compress.stages.artifacts import read_stage
 from compress.stages.pipeline import run_one
@@ -29,7 +29,7 @@ def _run(name, **opts):
     model = build(cfg, data)
     ctx = PruneContext(model, data, cfg.train, MaskSet.ones_like(prunable_parameters(model)),
                        cfg.seed, progress=False)
-    return model, METHODS.get(name).obj(cfg.method_params(), ctx)
+    return model, METHODS.get(name).obj.run(cfg.method_params(), ctx)
 
 
 @pytest.mark.parametrize("init", ["signed_constant", "kaiming_normal", "kaiming_uniform"])
@@ -81,7 +81,7 @@ def test_scores_alone_learn_digits():
     model = build(cfg, data)
     ctx = PruneContext(model, data, cfg.train, MaskSet.ones_like(prunable_parameters(model)),
                        cfg.seed, progress=False)
-    result = METHODS.get("edgepopup").obj(cfg.method_params(), ctx)
+    result = METHODS.get("edgepopup").obj.run(cfg.method_params(), ctx)
     assert result.history[-1]["val_accuracy"] > 0.7  # chance is 0.1; weights never trained
 
 

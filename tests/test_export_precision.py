@@ -194,14 +194,17 @@ def test_accuracy_gate_edges():
 
 def test_calibration_batches_are_a_seeded_sample_of_the_training_split():
     import torch
+
+    from compress.data.base import Split
     x = torch.arange(100.0).reshape(50, 2)
-    batches = precision.calibration_batches(x, 3, 8, seed=0)
+    split = Split(x, torch.zeros(50, dtype=torch.long))
+    batches = precision.calibration_batches(split, 3, 8, seed=0)
     assert [b.shape for b in batches] == [(8, 2)] * 3 and batches[0].dtype == np.float32
     rows = {tuple(r) for b in batches for r in b}
     assert len(rows) == 24 and rows <= {tuple(r) for r in x.numpy()}
-    again = precision.calibration_batches(x, 3, 8, seed=0)
+    again = precision.calibration_batches(split, 3, 8, seed=0)
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
-    assert len(precision.calibration_batches(x, 10, 8, seed=0)) == 7  # 50 rows: 6 x 8 + 2
+    assert len(precision.calibration_batches(split, 10, 8, seed=0)) == 7  # 50 rows: 6 x 8 + 2
 
 
 def test_latencies_are_timed_round_robin(tmp_path, monkeypatch):

@@ -2,37 +2,22 @@
 
 import pytest
 import torch
-
 from compress.config import resolve
 from compress.core.loop import fit
 from compress.core.masking import prunable_parameters
 from compress.core.masks import MaskSet
 from compress.methods.base import PruneContext
 from compress.methods.cpna import normalize_units
+from compress.methods.presets import TINY_MLP
 from compress.registry import METHODS
 from compress.stages.runner import build, load_data
+from tests.checks import is_subset
 
-TINY = {
-    "data": {"name": "xor", "k": 2, "p": 6, "n_train": 256, "n_val": 128, "n_test": 128},
-    "model": {"name": "mlp", "hidden": [24]},
-    "train": {"duration": "2ep", "batch_size": 64},
-}
-# Options that make each method tiny; densities other than 0.5 so density/sparsity mix-ups show.
-FAST = {"cpna": {"anneal_epochs": 4, "final_epochs": 1, "output_connections": 5, "input_connections": 9},
-        "cpa": {"anneal_epochs": 4, "final_epochs": 1, "output_connections": 5, "input_connections": 9},
-        "magnitude": {"density": 0.3, "finetune": "1ep"}, "random": {"density": 0.3, "finetune": "1ep"},
-        "imp": {"rounds": 2, "fraction": 0.3}, "oneshot": {"density": 0.3},
-        "gmp": {"density": 0.3, "steps": 3, "interval": "2it", "duration": "10it"},
-        "edgepopup": {"density": 0.3}, "iterand": {"density": 0.3, "k_per": 2},
-        "weedout": {"density": 0.3, "population": 8, "generations": 2, "fitness_batch": 64},
-        "snip": {"density": 0.3}, "grasp": {"density": 0.3}, "synflow": {"density": 0.3, "rounds": 10},
-        "l1filter": {"density": 0.3, "linear": True, "finetune": "1ep"},
-        "slimming": {"density": 0.3, "sparsity_train": "1ep", "finetune": "1ep"}}
-# Methods that need more than a plain MLP: a tiny conv net with BatchNorm on 8x8 digits.
-TINY_CNN = {"data": {"name": "digits"},
-            "model": {"name": "conv2", "width": 0.125, "batchnorm": True},
-            "train": {"duration": "2ep", "batch_size": 128}}
-SETUP = {"slimming": TINY_CNN}
+def settings(name: str, **opts) -> dict:
+    """The method's own tiny test settings (its `test_settings`), plus these method options."""
+    overlay = METHODS.get(name).obj.test_settings
+    assert overlay.get("data") and overlay.get("model"), f"{name} declares no test_settings"
+    return {**overlay, "method": {**overlay.get("method", {}), "name": name, **opts}}
 
 
 def _run_opts(name, **opts):
@@ -41,8 +26,7 @@ def _run_opts(name, **opts):
 
 
 def _run(name, seed=0, rounds=None, extra=None, **opts):
-    cfg = resolve(SETUP.get(name, TINY),
-                  {"method": {"name": name, **FAST.get(name, {}), **opts, **(extra or {})}}, seed=seed)
+    cfg = resolve(settings(name, **opts, **(extra or {})), seed=seed)
     data = load_data(cfg)
     model = build(cfg, data)
     init = {k: v.clone() for k, v in model.state_dict().items()}
@@ -52,7 +36,7 @@ def _run(name, seed=0, rounds=None, extra=None, **opts):
                        dense_train=cfg.train, dense_seed=cfg.seed,
                        build=lambda offset: build(cfg, data, seed_offset=offset),
                        on_round=(lambda *a: rounds.append(a)) if rounds is not None else None)
-    return model, METHODS.get(name).obj(cfg.method_params(), ctx)
+    return model, METHODS.get(name).obj.run(cfg.method_params(), ctx)
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -151,7 +135,7 @@ def test_imp_masks_are_nested_and_follow_per_layer_rates():
     model, result = _run("imp", rounds=rounds)
     assert [r[0] for r in rounds] == [1, 2]
     (_, m1, row1, _), (_, m2, row2, _) = rounds
-    assert m2.is_subset_of(m1) and not m1.is_subset_of(m2)
+    assert is_subset(m2, m1) and not is_subset(m1, m2)
     assert m2.equal(result.masks)
     sizes = {n: p.numel() for n, p in prunable_parameters(model).items()}
     # fc layer loses 30% of survivors per round, the output layer half that (exact counts)
@@ -185,7 +169,7 @@ def test_rewind_point_after_training_is_refused():
 
 def test_rewind_point_replays_dense_training_exactly():
     from compress.methods.controls import rewind_state
-    cfg = resolve(TINY)
+    cfg = resolve(TINY_MLP)
     data = load_data(cfg)
     model = build(cfg, data)
     init = {k: v.clone() for k, v in model.state_dict().items()}
@@ -243,8 +227,7 @@ def test_every_method_runs_as_a_stage_and_exports_with_parity(name, tmp_path):
     from compress.stages.pipeline import run_one
     from compress.stages.runner import StageEnv
     from compress.tracking.base import NullTracker
-    cfg = resolve(SETUP.get(name, TINY), {"method": {"name": name, **FAST.get(name, {})},
-                                          "export": {"benchmark": False}}, seed=1)
+    cfg = resolve(settings(name), {"export": {"benchmark": False}}, seed=1)
     env = StageEnv(tracker=NullTracker(), root=tmp_path, progress=False)
     info = None
     for stage in ("pretrain", "prune", "export"):

@@ -149,7 +149,7 @@ def test_torchvision_errors_are_one_line_user_errors(no_network):
         build_model("torchvision:alexnet", {}, (3, 16, 16), 10)
     assert str(e.value).startswith("torchvision:alexnet cannot take (3, 16, 16) images:")
     assert "\n" not in str(e.value)
-    with pytest.raises(pydantic.ValidationError, match="random init"):
+    with pytest.raises(pydantic.ValidationError, match="never downloaded"):
         build_model("torchvision:resnet18", {"weights": "DEFAULT"}, (3, 32, 32), 10)
 
 
@@ -157,7 +157,7 @@ def test_torchvision_names_resolve_through_the_config():
     from compress.config import resolve
     cfg = resolve({"model": {"name": "torchvision:squeezenet1_1"}})
     assert cfg.model == {"name": "torchvision:squeezenet1_1"}
-    with pytest.raises(UserError, match="pretrained weights are not supported"):
+    with pytest.raises(UserError, match="pretrained weights are never downloaded"):
         resolve({"model": {"name": "torchvision:resnet18", "weights": "DEFAULT"}})
 
 

@@ -5,16 +5,18 @@ import torch
 from torch import nn
 
 from compress.config import resolve
-from compress.core import init_scores, scoring
+from compress.core import scoring
+from compress.methods.pai import scores as init_scores
 from compress.core.loop import fit
 from compress.core.masking import prunable_parameters
 from compress.core.masks import MaskSet
 from compress.core.metrics import loss_fn
 from compress.errors import UserError
-from compress.methods import pai
+from compress.methods.pai import method as pai
 from compress.methods.base import PruneContext
 from compress.registry import METHODS
 from compress.stages.runner import build, load_data
+from tests.checks import is_subset
 
 TINY = {
     "data": {"name": "xor", "k": 2, "p": 6, "n_train": 256, "n_val": 128, "n_test": 128},
@@ -42,7 +44,7 @@ def _run(name, seed=0, **opts):
     cfg, ctx, init, pretrained = _setup(name, seed, **opts)
     entry = METHODS.get(name)
     entry.obj.check(cfg.method_params(), ctx)
-    return ctx, entry.obj(cfg.method_params(), ctx), init, pretrained
+    return ctx, entry.obj.run(cfg.method_params(), ctx), init, pretrained
 
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
@@ -108,7 +110,7 @@ def test_synflow_refuses_unsupported_layers_and_models_without_weights():
     net = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 1))
     cfg, ctx, _, _ = _setup("synflow", model=net)
     with pytest.raises(UserError, match="LayerNorm") as e:
-        METHODS.get("synflow").obj(cfg.method_params(), ctx)
+        METHODS.get("synflow").obj.run(cfg.method_params(), ctx)
     assert "\n" not in str(e.value)
     cfg, ctx, _, _ = _setup("snip", model=nn.Sequential(nn.Flatten(), nn.Linear(6, 1)))
     ctx.model = nn.Sequential(nn.Flatten())
@@ -146,19 +148,20 @@ def test_synflow_scores_match_the_hand_computed_flow():
     # R = sum_i sum_j w2[i,j] sum_k w1[j,k]  (input all ones)
     s1 = w1 * w2.sum(0)[:, None]          # dR/dw1[j,k] = sum_i w2[i,j]
     s2 = w2 * w1.sum(1)[None, :]          # dR/dw2[i,j] = sum_k w1[j,k]
-    scores = init_scores.synflow_scores(net, (3,))
+    scores = init_scores.synflow_iterative(net, (3,), 0.5, rounds=1)
     assert torch.allclose(scores["0.weight"], s1) and torch.allclose(scores["1.weight"], s2)
     assert scores["0.weight"].dtype == torch.float64
     # negative weights: SynFlow uses |w|, so flipping signs changes nothing
     with torch.no_grad():
         net[0].weight[0].neg_()
-    flipped = init_scores.synflow_scores(net, (3,))
+    flipped = init_scores.synflow_iterative(net, (3,), 0.5, rounds=1)
     assert torch.allclose(flipped["0.weight"], s1) and torch.allclose(flipped["1.weight"], s2)
-    # masked weights score 0 and their flow disappears from the others
-    mask = {"0.weight": torch.ones(4, 3, dtype=torch.bool), "1.weight": torch.ones(2, 4, dtype=torch.bool)}
+    # masked weights score -inf (never kept) and their flow disappears from the others
+    mask = MaskSet({"0.weight": torch.ones(4, 3, dtype=torch.bool),
+                    "1.weight": torch.ones(2, 4, dtype=torch.bool)})
     mask["1.weight"][:, 0] = False
-    masked = init_scores.synflow_scores(net, (3,), mask)
-    assert torch.all(masked["0.weight"][0] == 0) and torch.all(masked["1.weight"][:, 0] == 0)
+    masked = init_scores.synflow_iterative(net, (3,), 0.5, rounds=1, current=mask)
+    assert torch.all(masked["0.weight"][0] == 0) and torch.all(masked["1.weight"][:, 0] == -torch.inf)
 
 
 def test_synflow_rounds_only_shrink_and_end_exactly_at_the_target():
@@ -172,10 +175,10 @@ def test_synflow_rounds_only_shrink_and_end_exactly_at_the_target():
     kept = [sum(m.kept().values()) for _, m in seen]
     assert kept == [int(0.3 ** (k / 6) * total + 0.5) for k in range(1, 6)]
     assert all(a > b for a, b in zip(kept, kept[1:]))
-    assert all(b.is_subset_of(a) for (_, a), (_, b) in zip(seen, seen[1:]))
+    assert all(is_subset(b, a) for (_, a), (_, b) in zip(seen, seen[1:]))
     final = scoring.select(scores, 0.3, "global")
     assert sum(final.kept().values()) == int(0.3 * total + 0.5)
-    assert final.is_subset_of(seen[-1][1])  # removed weights (-inf) never come back
+    assert is_subset(final, seen[-1][1])  # removed weights (-inf) never come back
 
 
 def test_synflow_keeps_every_layer_where_global_magnitude_collapses_one():
@@ -242,7 +245,7 @@ def test_grasp_high_score_means_removal_raises_gradient_norm_and_is_pruned():
             assert slope == pytest.approx(2 * float(scores[n][idx]), rel=1e-4, abs=1e-12)
     # the method keeps the LOWEST scores: every pruned weight scores >= every kept one
     cfg, ctx, init, _ = _setup("grasp", density=0.3, duration="0it", batches=1)
-    result = METHODS.get("grasp").obj(cfg.method_params(), ctx)
+    result = METHODS.get("grasp").obj.run(cfg.method_params(), ctx)
     model = build(cfg, ctx.data)
     model.load_state_dict(init)
     s = init_scores.grasp_scores(model, pai.score_batches(ctx, 1), loss_fn, 200.0)

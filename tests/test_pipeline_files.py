@@ -39,3 +39,15 @@ def test_bad_pipeline_specs(tmp_path, bad, words):
     with pytest.raises(UserError) as e:
         load_pipeline(f)
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+SWEEPS = sorted((Path(__file__).parents[1] / "pipelines" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_sweep_file_resolves_every_cell(path):
+    from compress.sweep import load_sweep
+    from compress.sweep.driver import check_cells
+    spec = load_sweep(path)
+    assert spec.name == path.stem
+    assert len(check_cells(spec, [], None)) > 1

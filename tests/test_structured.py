@@ -13,7 +13,9 @@ from compress.core.masking import prunable_parameters
 from compress.core.masks import MaskSet
 from compress.errors import UserError
 from compress.methods.base import PruneContext
-from compress.methods.structured import BNScalePenalty, L1FilterParams, l1filter, slimming
+from compress.methods.structured import BNScalePenalty, L1Filter, L1FilterParams, Slimming
+
+l1filter, slimming = L1Filter(), Slimming()
 from compress.stages.runner import build, load_data
 
 DIGITS = {"data": {"name": "digits"}, "train": {"duration": "1ep", "batch_size": 128}}
@@ -33,9 +35,8 @@ def _ctx(model_layer: dict, method: dict, seed: int = 0):
 def _run(fn, model_layer, method, seed=0):
     p, ctx = _ctx(model_layer, method, seed)
     before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
-    if hasattr(fn, "check"):
-        fn.check(p, ctx)
-    return fn(p, ctx), ctx, before
+    fn.check(p, ctx)
+    return fn.run(p, ctx), ctx, before
 
 
 def _dropped(result, group: str) -> list[int]:
@@ -158,7 +159,7 @@ def test_slimming_uses_one_global_threshold_and_guards_every_layer():
     # features.1 scales all small but one: the global threshold would take 7 of its 8.
     _set_gammas(ctx.model, {1: [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.9],
                             4: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]})
-    result = slimming(p, ctx)
+    result = slimming.run(p, ctx)
     assert result.info["channels"]["features.0"]["kept"] == 1
     assert _dropped(result, "features.0") == list(range(7))
     assert _dropped(result, "features.3") == [0]
@@ -167,7 +168,7 @@ def test_slimming_uses_one_global_threshold_and_guards_every_layer():
     p, ctx = _ctx(CONV, {"name": "slimming", "density": 0.2, "sparsity_train": "0ep",
                          "finetune": "0ep", "min_channels": 3})
     _set_gammas(ctx.model, {1: [0.01] * 7 + [0.9], 4: [1.0] * 8})
-    result = slimming(p, ctx)  # 3 channels of 16 globally, but features.0 keeps 3
+    result = slimming.run(p, ctx)  # 3 channels of 16 globally, but features.0 keeps 3
     assert result.info["channels"]["features.0"]["kept"] == 3
 
 
@@ -175,7 +176,7 @@ def test_slimming_penalty_shrinks_the_scales():
     def gamma_l1(penalty):
         p, ctx = _ctx(CONV, {"name": "slimming", "penalty": penalty, "sparsity_train": "3ep",
                              "finetune": "0ep"})
-        slimming(p, ctx)
+        slimming.run(p, ctx)
         return sum(float(m.weight.detach().abs().sum()) for m in ctx.model.modules()
                    if isinstance(m, nn.BatchNorm2d))
     assert gamma_l1(0.05) < 0.9 * gamma_l1(0.0)
@@ -208,7 +209,7 @@ def test_layernorm_models_are_cut_physically_and_the_smaller_model_is_fine_tuned
     model = _tiny("layernorm2d")
     ctx = _image_ctx(model)
     p = L1FilterParams(sparsity=0.5, finetune="1ep")
-    result = l1filter(p, ctx)
+    result = l1filter.run(p, ctx)
     assert result.architecture is not None
     kept = {name: g["kept"] for name, g in result.info["channels"].items()}
     assert kept == {"stem.0": 4, "mlp.0": 8, "down.1": 6}
@@ -228,11 +229,11 @@ def test_layernorm_models_are_cut_physically_and_the_smaller_model_is_fine_tuned
 
 def test_masks_stay_where_they_are_exact_and_physical_true_cuts_anyway():
     model = _tiny("se-sigmoid")
-    result = l1filter(L1FilterParams(sparsity=0.5, finetune="0ep"), _image_ctx(model))
+    result = l1filter.run(L1FilterParams(sparsity=0.5, finetune="0ep"), _image_ctx(model))
     assert result.architecture is None and not result.info["pruning"]["physical"]
     assert model.expand[0].out_channels == 16 and result.masks.density() < 0.6
     model = _tiny("se-sigmoid")
-    result = l1filter(L1FilterParams(sparsity=0.5, finetune="0ep", physical=True),
+    result = l1filter.run(L1FilterParams(sparsity=0.5, finetune="0ep", physical=True),
                       _image_ctx(model))
     assert result.architecture is not None and model.expand[0].out_channels == 8
     assert model.se.fc2.out_channels == 8 and result.masks.density() == 1.0
@@ -240,7 +241,7 @@ def test_masks_stay_where_they_are_exact_and_physical_true_cuts_anyway():
 
 def test_grouped_convs_are_pruned_per_group_and_the_report_is_honest():
     model = _tiny("grouped")
-    result = l1filter(L1FilterParams(sparsity=0.5, coupled=False, finetune="0ep"),
+    result = l1filter.run(L1FilterParams(sparsity=0.5, coupled=False, finetune="0ep"),
                       _image_ctx(model))
     assert result.info["channels"]["a.0"] == {"kept": 8, "total": 16}
     w = result.masks["b.0.weight"]  # grouped conv: 2 of 4 input slots alive in every group
@@ -253,7 +254,7 @@ def test_grouped_convs_are_pruned_per_group_and_the_report_is_honest():
 
 def test_vit_prunes_heads_and_mlp_units_with_masks():
     model = _tiny("vit-heads")
-    result = l1filter(L1FilterParams(sparsity=0.5, heads=0.25, finetune="0ep"),
+    result = l1filter.run(L1FilterParams(sparsity=0.5, heads=0.25, finetune="0ep"),
                       _image_ctx(model))
     chosen = result.info["channels"]
     assert chosen["encoder.layers.encoder_layer_0.self_attention.heads"] == {"kept": 3, "total": 4}

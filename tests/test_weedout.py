@@ -1,4 +1,4 @@
-"""Weedout: node-mask machinery (compress.core.node_masks) and the random-search method."""
+"""Weedout: node-mask machinery (compress.methods.weedout.node_masks) and the random-search method."""
 
 import copy
 
@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from compress.config import resolve
-from compress.core import node_masks as nm
+from compress.methods.weedout import node_masks as nm
 from compress.core.masking import prunable_parameters
 from compress.core.masks import MaskSet
 from compress.core.structure import shrink_mlp
 from compress.data.base import DataBundle, Split
 from compress.errors import UserError
 from compress.methods.base import PruneContext
-from compress.methods.weedout import WeedoutParams, weedout
+from compress.methods.weedout.method import WeedoutParams, weedout
 from compress.models.base import build_model
 from compress.models.mlp import MLP
 from compress.stages.runner import build, load_data

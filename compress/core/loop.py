@@ -28,8 +28,8 @@ from torch import nn
 
 from compress.core import dist
 from compress.core.masking import MaskEnforcer
-from compress.core.metrics import classification_metrics, loss_fn
-from compress.core.schedules import parse_duration
+from compress.core.metrics import classification_metrics, distill_loss, loss_fn
+from compress.core.schedules import parse_duration, steps_per_epoch
 from compress.errors import UserError
 
 
@@ -61,6 +61,7 @@ class TrainState:
     steps_per_epoch: int = 1
     history: list[dict] = field(default_factory=list)
     train_loss: float = float("nan")  # mean loss of the last epoch
+    teacher: tuple | None = None  # (frozen dense model on the device, DistillConfig)
 
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
@@ -93,18 +94,23 @@ def model_device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def evaluate(model: nn.Module, split, batch_size: int = 4096) -> dict[str, float]:
     """Metrics on the whole split (under torchrun each rank runs a slice; logits are gathered)."""
+    return classification_metrics(predict(model, split, batch_size), split.labels)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split, batch_size: int = 4096) -> torch.Tensor:
+    """The model's logits on every sample of `split`, in order, on the CPU (eval mode)."""
     was_training = model.training
     model.eval()
     device = model_device(model)
 
     def logits(rows: slice) -> torch.Tensor:
-        x = split.x[rows]
-        return torch.cat([model(x[i:i + batch_size].to(device))
-                          for i in range(0, len(x), batch_size)])
+        outs = [model(x.to(device)) for x, _ in split.chunks(batch_size, rows)]
+        return torch.cat(outs) if outs else torch.empty(0)
 
     out = dist.gather_map(logits, len(split))
     model.train(was_training)
-    return classification_metrics(out.cpu(), split.y)
+    return out.cpu()
 
 
 def fit(model: nn.Module, data, cfg, *, seed: int, hooks: Sequence[Hook] = (),
@@ -127,15 +133,15 @@ def fit(model: nn.Module, data, cfg, *, seed: int, hooks: Sequence[Hook] = (),
 
 def _fit(model: nn.Module, data, cfg, device: torch.device, *, seed: int, hooks, masks,
          duration, params, progress) -> list[dict]:
-    steps_per_epoch = max(1, -(-len(data.train) // cfg.batch_size))
-    total = parse_duration(duration or cfg.duration).steps(steps_per_epoch)
+    spe = steps_per_epoch(len(data.train), cfg.batch_size)
+    total = parse_duration(duration or cfg.duration).steps(spe)
     optimizer = make_optimizer([p for p in (params if params is not None else model.parameters())
                                 if p.requires_grad], cfg)
-    epochs = -(-total // steps_per_epoch)
+    epochs = -(-total // spe)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
                  if getattr(cfg, "schedule", "constant") == "cosine" else None)
     state = TrainState(model, optimizer, masks, device, total_steps=total,
-                       steps_per_epoch=steps_per_epoch)
+                       steps_per_epoch=spe, teacher=_teacher(cfg, device))
     if masks is not None:
         masks.bind(model)
     net = dist.wrap(model)  # the model itself in one process
@@ -145,7 +151,8 @@ def _fit(model: nn.Module, data, cfg, device: torch.device, *, seed: int, hooks,
     model.train()
     with _progress(progress, total) as advance:
         while state.step < total:
-            _run_epoch(state, net, data, cfg.batch_size, gen, hooks, advance)
+            _run_epoch(state, net, data.train, cfg.batch_size, gen, hooks, advance,
+                       augment_seed=seed * AUGMENT_STRIDE + state.epoch)
             dist.sync_buffers(model)
             dist.check_same(model.state_dict().values(), f"parameters after step {state.step}")
             row = {"epoch": state.epoch, "step": state.step, "train_loss": state.train_loss,
@@ -160,19 +167,37 @@ def _fit(model: nn.Module, data, cfg, device: torch.device, *, seed: int, hooks,
     return state.history
 
 
-def _run_epoch(state: TrainState, net: nn.Module, data, batch_size: int, gen, hooks,
-               advance) -> None:
-    x, y = data.train.x, data.train.y
-    order = torch.randperm(len(y), generator=gen)
+def _teacher(cfg, device: torch.device) -> tuple | None:
+    found = getattr(cfg, "_teacher", None)
+    if found is None:
+        return None
+    teacher, distill = found
+    return teacher.to(device).eval(), distill
+
+
+AUGMENT_STRIDE = 1_000_003  # epoch e of seed s draws its augmentations from s * stride + e
+
+
+def _run_epoch(state: TrainState, net: nn.Module, split, batch_size: int, gen, hooks,
+               advance, augment_seed: int) -> None:
+    order = torch.randperm(len(split), generator=gen)
     world = dist.world_size()
     check_steps = world > 1 and dist.check_level() == "step"
+    starts = range(0, len(split), batch_size)[:max(0, state.total_steps - state.step)]
+    # Under torchrun each rank reads only its share of every global batch.
+    shards = [dist.shard_batch(order[i:i + batch_size]) for i in starts]
+    batches = split.batches([idx for idx, _ in shards], augment=True, seed=augment_seed)
     losses = []
-    for i in range(0, len(y), batch_size):
-        if state.step >= state.total_steps:
-            break
-        idx, share = dist.shard_batch(order[i:i + batch_size])  # (the batch, 1.0) in one process
+    for (x, y), (_, share) in zip(batches, shards):
         state.optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x[idx].to(state.device)), y[idx].to(state.device))
+        x, y = x.to(state.device), y.to(state.device)
+        logits = net(x)
+        loss = loss_fn(logits, y)
+        if state.teacher is not None:  # knowledge distillation from the frozen dense model
+            teacher, distill = state.teacher
+            with torch.no_grad():
+                target = teacher(x)
+            loss = distill_loss(logits, target, loss, distill.alpha, distill.temperature)
         if share != 1.0:  # DDP averages over ranks: weight this shard's mean by its share
             loss = loss * (share * world)
         loss.backward()

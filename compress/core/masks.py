@@ -57,10 +57,6 @@ class MaskSet(Mapping[str, torch.Tensor]):
         total = sum(m.numel() for m in self._masks.values())
         return sum(self.kept().values()) / total if total else 1.0
 
-    def is_subset_of(self, other: "MaskSet") -> bool:
-        """True when every weight kept here is also kept in `other` (masks only ever shrink)."""
-        return all(not bool((m & ~other[n]).any()) for n, m in self._masks.items())
-
     def __and__(self, other: "MaskSet") -> "MaskSet":
         return MaskSet({n: m & other[n] for n, m in self._masks.items()})
 

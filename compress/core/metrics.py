@@ -39,3 +39,19 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict[str, f
         pred = logits.argmax(1)
     out["accuracy"] = int((pred == y).sum()) / len(y)  # exact: 0.954, not float32's 0.95399999
     return out
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, task: torch.Tensor,
+                 alpha: float, temperature: float) -> torch.Tensor:
+    """(1 - alpha) * task + alpha * T^2 * KL(teacher_T || student_T) (Hinton et al.): one-logit
+    binary heads compare Bernoulli distributions (sigmoid), others softmax ones."""
+    f, t = torch.nn.functional, temperature
+    if student.shape[1] == 1:  # KL of Bernoullis = cross-entropy minus the teacher's entropy
+        p = torch.sigmoid(teacher / t)
+        cross = -(p * f.logsigmoid(student / t) + (1 - p) * f.logsigmoid(-student / t))
+        own = -(p * f.logsigmoid(teacher / t) + (1 - p) * f.logsigmoid(-teacher / t))
+        soft = (cross - own).mean()
+    else:
+        soft = f.kl_div(f.log_softmax(student / t, dim=1), f.log_softmax(teacher / t, dim=1),
+                        reduction="batchmean", log_target=True)
+    return (1 - alpha) * task + alpha * t * t * soft

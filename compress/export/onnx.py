@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
+from compress.vocab import EXPORTERS
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-EXPORTERS = ("auto", "torchscript", "dynamo")
 # TorchScript first: exporting a 60->1024->1 MLP takes ~0.1-0.3 s with it against ~2 s warm /
 # 6-8 s cold (first call in a process) with dynamo in torch 2.14, for the same graph. Some ops
 # it cannot express (adaptive_avg_pool2d to a size that does not divide the input: VGG at
@@ -205,8 +205,12 @@ def _input_dtype(session: ort.InferenceSession) -> type:
     return _NUMPY_TYPES[kind]
 
 
-def _run(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
-    feed = {session.get_inputs()[0].name: inputs.astype(_input_dtype(session), copy=False)}
+def _run(session: ort.InferenceSession, inputs: np.ndarray | dict) -> np.ndarray:
+    """The first output on `inputs`: an array for the one input, or a feed of named inputs."""
+    if isinstance(inputs, dict):
+        feed = inputs
+    else:
+        feed = {session.get_inputs()[0].name: inputs.astype(_input_dtype(session), copy=False)}
     return session.run([session.get_outputs()[0].name], feed)[0]
 
 
@@ -231,10 +235,12 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def check_parity(onnx_path: Path, reference: nn.Module, inputs: torch.Tensor, rtol: float = 1e-5,
-                 providers: Sequence[str] | None = None) -> float:
-    """Relative error of onnxruntime vs `reference` on `inputs`; ExportError above `rtol`."""
+                 providers: Sequence[str] | None = None, feed: dict | None = None) -> float:
+    """Relative error of onnxruntime vs `reference` on `inputs`; ExportError above `rtol`.
+    With `feed` (named raw inputs, e.g. a table's raw rows), onnxruntime runs on the feed and
+    `reference` on `inputs`, the same rows as the model's encoded input."""
     session = ort_session(onnx_path, providers=providers)
-    got = _run(session, inputs.detach().cpu().numpy())
+    got = _run(session, feed if feed is not None else inputs.detach().cpu().numpy())
     want = _torch_output(reference, inputs)
     if got.shape != want.shape:
         raise ExportError(f"ONNX model {Path(onnx_path).name} outputs shape {got.shape}, "
@@ -245,14 +251,6 @@ def check_parity(onnx_path: Path, reference: nn.Module, inputs: torch.Tensor, rt
         raise ExportError(f"ONNX model {Path(onnx_path).name} disagrees with the torch model: "
                           f"relative error {err:.3g} > tolerance {rtol:g} on {len(inputs)} inputs")
     return err
-
-
-def ort_latency(path: Path, batch: int, in_features: int | Sequence[int], repeats: int = 50,
-                threads: int = 2, warmup: int = 5,
-                providers: Sequence[str] | None = None) -> float:
-    """Median seconds of one onnxruntime run on a random batch (in_features: width or shape)."""
-    return ort_latencies([path], batch, in_features, repeats=repeats, threads=threads,
-                         warmup=warmup, providers=providers)[0]
 
 
 def ort_latencies(paths: Sequence[Path], batch: int, in_features: int | Sequence[int],

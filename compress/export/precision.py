@@ -30,9 +30,9 @@ import onnxruntime as ort
 import torch
 
 from compress.errors import UserError
+from compress.vocab import PRECISIONS
 from compress.export.onnx import ExportError, INPUT_NAME, silenced, write_metadata
 
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 # Parity, accuracy and latency are measured here with this provider, whatever is recorded.
 CHECK_PROVIDER = "CPUExecutionProvider"
@@ -61,13 +61,13 @@ def unavailable_here(providers: Sequence[str]) -> list[str]:
     return [p for p in providers if p not in here]
 
 
-def calibration_batches(x: torch.Tensor, batches: int, batch_size: int,
-                        seed: int) -> list[np.ndarray]:
-    """`batches` float32 batches of a seeded random sample of `x` (fewer if `x` is smaller)."""
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+def calibration_batches(split, batches: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """`batches` float32 input batches of a seeded random sample of `split` (a data split; fewer
+    if it is smaller)."""
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
     picked = order[:batches * batch_size]
-    return [x[picked[i:i + batch_size]].numpy().astype(np.float32)
-            for i in range(0, len(picked), batch_size)]
+    return [x.numpy().astype(np.float32) for x, _ in
+            split.batches(picked[i:i + batch_size] for i in range(0, len(picked), batch_size))]
 
 
 def reduce_precision(src: Path, dest: Path, precision: str, *,

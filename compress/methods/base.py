@@ -1,9 +1,26 @@
-"""What every method receives and returns, and option pieces the methods share."""
+"""The Method contract: what every method receives, returns and may offer the stages.
+
+A method is a subclass of `Method` registered with `@register_method`:
+
+    @register_method
+    class Magnitude(Method):
+        name = "magnitude"                      # what `--method` takes
+        summary = "one-shot magnitude pruning"  # one line for `compress methods`
+        Params = OneShotParams                  # its options (pydantic, unknown keys refused)
+        defaults = {...}                        # config overlay of its embedded default run
+        test_settings = {...}                   # config overlay that makes it tiny (tests)
+
+        def check(self, p, ctx): ...            # refuse bad options before any stage runs
+        def run(self, p, ctx) -> PruneResult:   # the work: masks, history, facts to record
+            ...
+
+The stages call only this interface (`check`, `run`, `verify_export`); no stage names a method.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
@@ -13,9 +30,7 @@ from compress.core.masks import MaskSet
 
 @dataclass
 class PruneContext:
-    """Everything a method may use. A registered method is `fn(params, ctx) -> PruneResult`;
-    it may also offer `fn.check(params, ctx)`, run before the stage starts, to refuse options
-    that only the model or data can judge (layer names, schedule lengths)."""
+    """Everything a method may use while it checks its options and runs."""
 
     model: nn.Module        # trained dense (or already masked) weights, loaded
     data: Any               # DataBundle
@@ -41,6 +56,29 @@ class PruneResult:
 
 class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Method:
+    """Base class of every pruning method (see the module docstring for the contract)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    defaults: ClassVar[dict] = {}
+    # A tiny run for registry-driven tests: a config overlay (data, model, train, method
+    # options). Methods that need more than the shared tiny MLP say so here.
+    test_settings: ClassVar[dict] = {}
+
+    def check(self, p: Any, ctx: PruneContext) -> None:
+        """Refuse options that only the model or data can judge (layer names, schedule
+        lengths) with a UserError; called before any stage runs. Default: nothing to check."""
+
+    def run(self, p: Any, ctx: PruneContext) -> "PruneResult":
+        raise NotImplementedError(f"method {self.name!r} does not implement run()")
+
+    def verify_export(self, model: nn.Module, src: Any, masks: MaskSet | None) -> None:
+        """Called by the export stage on the loaded model of a stage this method produced
+        (src: its StageInfo); raise to refuse the export. Default: nothing to verify."""
 
 
 class DensityTarget(MethodParams):

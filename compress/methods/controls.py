@@ -23,10 +23,10 @@ from compress.core import scoring
 from compress.core.flops import layer_macs, sparse_macs
 from compress.core.loop import fit
 from compress.core.masks import MaskSet
-from compress.core.schedules import parse_duration
+from compress.core.schedules import parse_duration, steps_per_epoch
 from compress.errors import UserError
+from compress.vocab import RetrainMode
 
-Mode = Literal["finetune", "rewind", "reinit", "scratch_e", "scratch_b", "random_prune"]
 REINIT_OFFSET = 7919  # seed offset of a fresh init, distinct from the original init
 
 
@@ -38,7 +38,7 @@ class Start:
     info: dict
 
 
-def prepare(mode: Mode, *, build: Callable[[int], nn.Module], masks: MaskSet,
+def prepare(mode: RetrainMode, *, build: Callable[[int], nn.Module], masks: MaskSet,
             trained: dict[str, torch.Tensor] | None, rewound: dict[str, torch.Tensor] | None,
             duration: str, example: torch.Tensor, seed: int,
             scope: Literal["layerwise", "global"] = "layerwise",
@@ -86,9 +86,15 @@ def rewind_state(build: Callable[[int], nn.Module], init: dict[str, torch.Tensor
 
 def rewind_steps(point: str, data, train_cfg) -> int:
     """Steps of dense training before the rewind point; refused if past the end of training."""
-    steps_per_epoch = max(1, -(-len(data.train) // train_cfg.batch_size))
-    k = parse_duration(point).steps(steps_per_epoch)
-    total = parse_duration(train_cfg.duration).steps(steps_per_epoch)
+    if train_cfg is None:  # an imported model: its weights are the only point we have
+        if parse_duration(point).amount:
+            raise UserError(f"rewind point {point}: the source model was imported trained, so "
+                            "its training cannot be replayed; rewind to '0it' (the imported "
+                            "weights) or retrain with --mode finetune")
+        return 0
+    spe = steps_per_epoch(len(data.train), train_cfg.batch_size)
+    k = parse_duration(point).steps(spe)
+    total = parse_duration(train_cfg.duration).steps(spe)
     if k > total:
         raise UserError(f"rewind point {point} ({k} steps) is after the end of dense training "
                         f"({train_cfg.duration} = {total} steps); use an earlier point")

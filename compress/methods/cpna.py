@@ -22,7 +22,8 @@ from compress.core.masking import MaskEnforcer, keep_top
 from compress.core.masks import MaskSet
 from compress.core.schedules import anneal_count
 from compress.errors import UserError
-from compress.methods.base import MethodParams, PruneContext, PruneResult
+from compress.methods.base import Method, MethodParams, PruneContext, PruneResult
+from compress.methods.presets import TINY_MLP, tiny
 from compress.registry import register_method
 
 # The paper's XOR targets (one logit). With more outputs the defaults scale per output unit:
@@ -186,27 +187,35 @@ class CPNAHook(BaseHook):
             masks[self.names[idx]] = masks[self.names[idx]] & has_out[:, None]
 
 
-def run_cpna(p: CPNAParams, ctx: PruneContext, label: str) -> PruneResult:
-    layers = linear_layers(ctx.model)
-    missing = [f"{n}.weight" for n, _ in layers if f"{n}.weight" not in ctx.masks]
-    masks = MaskSet({**dict(ctx.masks), **{n: torch.ones_like(dict(ctx.model.named_parameters())[n],
-                                                              dtype=torch.bool) for n in missing}})
-    enforcer = MaskEnforcer(masks)
-    hook = CPNAHook(p, layers, enforcer)
-    history = fit(ctx.model, ctx.data, ctx.train, seed=ctx.seed, hooks=[hook], masks=enforcer,
-                  duration=f"{hook.total_epochs()}ep", progress=label if ctx.progress else None)
-    info = {"phases": hook.phases, "epochs": hook.total_epochs(),
-            "targets": {hook.names[i]: hook.target(i) for g in hook.phases for i in g}}
-    return PruneResult(enforcer.masks, history, info)
+@register_method
+class CPNA(Method):
+    name = "cpna"
+    summary = "annealed connection pruning with node normalisation (CPNA paper)"
+    Params = CPNAParams
+    test_settings = tiny(TINY_MLP, anneal_epochs=4, final_epochs=1, output_connections=5,
+                         input_connections=9)
+
+    def check(self, p: CPNAParams, ctx: PruneContext) -> None:
+        linear_layers(ctx.model)
+
+    def run(self, p: CPNAParams, ctx: PruneContext) -> PruneResult:
+        layers = linear_layers(ctx.model)
+        params = dict(ctx.model.named_parameters())
+        missing = [f"{n}.weight" for n, _ in layers if f"{n}.weight" not in ctx.masks]
+        masks = MaskSet({**dict(ctx.masks),
+                         **{n: torch.ones_like(params[n], dtype=torch.bool) for n in missing}})
+        enforcer = MaskEnforcer(masks)
+        hook = CPNAHook(p, layers, enforcer)
+        history = fit(ctx.model, ctx.data, ctx.train, seed=ctx.seed, hooks=[hook],
+                      masks=enforcer, duration=f"{hook.total_epochs()}ep",
+                      progress=self.name if ctx.progress else None)
+        info = {"phases": hook.phases, "epochs": hook.total_epochs(),
+                "targets": {hook.names[i]: hook.target(i) for g in hook.phases for i in g}}
+        return PruneResult(enforcer.masks, history, info)
 
 
-@register_method("cpna", params=CPNAParams,
-                 summary="annealed connection pruning with node normalisation (CPNA paper)")
-def cpna(p: CPNAParams, ctx: PruneContext) -> PruneResult:
-    return run_cpna(p, ctx, "cpna")
-
-
-@register_method("cpa", params=CPAParams,
-                 summary="annealed connection pruning without node normalisation (CPA)")
-def cpa(p: CPAParams, ctx: PruneContext) -> PruneResult:
-    return run_cpna(p, ctx, "cpa")
+@register_method
+class CPA(CPNA):
+    name = "cpa"
+    summary = "annealed connection pruning without node normalisation (CPA)"
+    Params = CPAParams

@@ -15,10 +15,11 @@ from compress.core import scoring
 from compress.core.loop import BaseHook, fit
 from compress.core.masking import MaskEnforcer, prunable_parameters
 from compress.core.masks import MaskSet
-from compress.core.schedules import DurationStr, gmp_sparsity, parse_duration
+from compress.core.schedules import DurationStr, gmp_sparsity, parse_duration, steps_per_epoch
 from compress.errors import UserError
-from compress.methods.imp import LTH_DEFAULTS
-from compress.methods.base import DensityTarget, PruneContext, PruneResult, check_layer_names
+from compress.methods.base import (DensityTarget, Method, PruneContext, PruneResult,
+                                   check_layer_names)
+from compress.methods.presets import LENET_MNIST5K, TINY_MLP, tiny
 from compress.registry import register_method
 
 
@@ -61,23 +62,32 @@ class GMPHook(BaseHook):
         self.updates.append((state.step, s))
 
 
-@register_method("gmp", params=GMPParams,
-                 summary="gradual magnitude pruning with Zhu & Gupta's cubic schedule",
-                 defaults=LTH_DEFAULTS)
-def gmp(p: GMPParams, ctx: PruneContext) -> PruneResult:
-    t0, dt, duration = check(p, ctx)
-    dense = {n.removesuffix(".weight") + ".weight" for n in p.keep_dense}
-    enforcer = MaskEnforcer(MaskSet({n: m for n, m in ctx.masks.items() if n not in dense}))
-    hook = GMPHook(p, enforcer, t0, dt)
-    history = fit(ctx.model, ctx.data, ctx.train, seed=ctx.seed, hooks=[hook], masks=enforcer,
-                  duration=duration, progress="gmp" if ctx.progress else None)
-    return PruneResult(enforcer.masks, history, {"updates": hook.updates})
+@register_method
+class GMP(Method):
+    name = "gmp"
+    summary = "gradual magnitude pruning with Zhu & Gupta's cubic schedule"
+    Params = GMPParams
+    defaults = LENET_MNIST5K
+    test_settings = tiny(TINY_MLP, density=0.3, steps=3, interval="2it", duration="10it")
+
+    def check(self, p: GMPParams, ctx: PruneContext) -> None:
+        schedule(p, ctx)
+
+    def run(self, p: GMPParams, ctx: PruneContext) -> PruneResult:
+        t0, dt, duration = schedule(p, ctx)
+        dense = {n.removesuffix(".weight") + ".weight" for n in p.keep_dense}
+        enforcer = MaskEnforcer(MaskSet({n: m for n, m in ctx.masks.items() if n not in dense}))
+        hook = GMPHook(p, enforcer, t0, dt)
+        history = fit(ctx.model, ctx.data, ctx.train, seed=ctx.seed, hooks=[hook],
+                      masks=enforcer, duration=duration,
+                      progress=self.name if ctx.progress else None)
+        return PruneResult(enforcer.masks, history, {"updates": hook.updates})
 
 
-def check(p: GMPParams, ctx: PruneContext) -> tuple[int, int, str]:
+def schedule(p: GMPParams, ctx: PruneContext) -> tuple[int, int, str]:
     """(t0, dt, duration) in steps; refuses unknown layers and schedules longer than training."""
     check_layer_names(p.keep_dense, prunable_parameters(ctx.model))
-    spe = max(1, -(-len(ctx.data.train) // ctx.train.batch_size))
+    spe = steps_per_epoch(len(ctx.data.train), ctx.train.batch_size)
     t0, dt = parse_duration(p.start).steps(spe), parse_duration(p.interval).steps(spe)
     duration = p.duration or ctx.train.duration
     total = parse_duration(duration).steps(spe)
@@ -87,6 +97,3 @@ def check(p: GMPParams, ctx: PruneContext) -> tuple[int, int, str]:
         raise UserError(f"the GMP schedule ends at step {t0 + p.steps * dt}, after training ends "
                         f"({duration} = {total} steps); shorten start/steps/interval or train longer")
     return t0, dt, duration
-
-
-gmp.check = check  # type: ignore[attr-defined]

@@ -39,7 +39,8 @@ from compress.core.loop import BaseHook
 from compress.core.masking import keep_top
 from compress.core.schedules import DurationStr
 from compress.errors import UserError
-from compress.methods.base import DensityTarget, PruneContext, PruneResult, train_masked
+from compress.methods.base import DensityTarget, Method, PruneContext, PruneResult, train_masked
+from compress.methods.presets import TINY_CNN, TINY_MLP, tiny
 from compress.registry import register_method
 
 # Conv-4 with BatchNorm at a quarter width on the 5k MNIST subset: pretrain + prune + export in
@@ -92,7 +93,7 @@ def _hint(method: str) -> str:
 
 def _groups(p: ChannelParams, ctx: PruneContext, method: str, extra=None,
             empty: str | None = None) -> cp.Plan:
-    example = ctx.data.train.x[:1]
+    example = ctx.data.train.head(1)
     ignore = [n.removesuffix(".weight") for n in p.keep_dense]
     graph = channel_graph(ctx.model, example, ignore=ignore, hint=_hint(method))
     scope = cp.Scope(p.coupled, p.linear, p.head_sparsity() > 0, p.physical)
@@ -190,21 +191,23 @@ def _why_whole(plan: cp.Plan, layer: str) -> str:
     return ""
 
 
-def _l1_check(p: L1FilterParams, ctx: PruneContext) -> None:
-    _l1_keep(p, _groups(p, ctx, "l1filter"))
+@register_method
+class L1Filter(Method):
+    name = "l1filter"
+    summary = "L1-norm filter pruning (Li et al.): smallest filters per layer, then fine-tune"
+    Params = L1FilterParams
+    defaults = STRUCTURED_DEFAULTS
+    test_settings = tiny(TINY_MLP, density=0.3, linear=True, finetune="1ep")
 
+    def check(self, p: L1FilterParams, ctx: PruneContext) -> None:
+        _l1_keep(p, _groups(p, ctx, self.name))
 
-@register_method("l1filter", params=L1FilterParams, defaults=STRUCTURED_DEFAULTS,
-                 summary="L1-norm filter pruning (Li et al.): smallest filters per layer, then fine-tune")
-def l1filter(p: L1FilterParams, ctx: PruneContext) -> PruneResult:
-    plan = _groups(p, ctx, "l1filter")
-    keep = _l1_keep(p, plan)
-    scores = {g.name: scoring.filter_l1(ctx.model, g) for g in plan.chosen}
-    pruned, info = _prune(p, ctx, plan, scores, keep)
-    return _result(pruned, train_masked(ctx, pruned.masks, p.finetune, "l1filter"), info)
-
-
-l1filter.check = _l1_check
+    def run(self, p: L1FilterParams, ctx: PruneContext) -> PruneResult:
+        plan = _groups(p, ctx, self.name)
+        keep = _l1_keep(p, plan)
+        scores = {g.name: scoring.filter_l1(ctx.model, g) for g in plan.chosen}
+        pruned, info = _prune(p, ctx, plan, scores, keep)
+        return _result(pruned, train_masked(ctx, pruned.masks, p.finetune, self.name), info)
 
 
 # ------------------------------------------------------------------------- slimming
@@ -255,17 +258,28 @@ def _global_keep(p: SlimmingParams, plan: cp.Plan, scores: dict[str, torch.Tenso
     return keep, float(dropped.max()) if dropped.numel() else 0.0
 
 
-@register_method("slimming", params=SlimmingParams, defaults=STRUCTURED_DEFAULTS,
-                 summary="network slimming (Liu et al.): L1 on BN scales, one global threshold, fine-tune")
-def slimming(p: SlimmingParams, ctx: PruneContext) -> PruneResult:
-    plan = _bn_groups(p, ctx)
-    penalty = BNScalePenalty(_bn_scales(ctx.model, plan.chosen), p.penalty)
-    history = train_masked(ctx, ctx.masks, p.sparsity_train, "slimming:sparsity", hooks=[penalty])
-    scores = {g.name: scoring.bn_scale(ctx.model, g) for g in plan.chosen}
-    keep, threshold = _global_keep(p, plan, scores)
-    pruned, info = _prune(p, ctx, plan, scores, keep)
-    history += _after(history, train_masked(ctx, pruned.masks, p.finetune, "slimming:finetune"))
-    return _result(pruned, history, {**info, "threshold": threshold, "penalty": p.penalty})
+@register_method
+class Slimming(Method):
+    name = "slimming"
+    summary = "network slimming (Liu et al.): L1 on BN scales, one global threshold, fine-tune"
+    Params = SlimmingParams
+    defaults = STRUCTURED_DEFAULTS
+    test_settings = tiny(TINY_CNN, density=0.3, sparsity_train="1ep", finetune="1ep")
+
+    def check(self, p: SlimmingParams, ctx: PruneContext) -> None:
+        _bn_groups(p, ctx)
+
+    def run(self, p: SlimmingParams, ctx: PruneContext) -> PruneResult:
+        plan = _bn_groups(p, ctx)
+        penalty = BNScalePenalty(_bn_scales(ctx.model, plan.chosen), p.penalty)
+        history = train_masked(ctx, ctx.masks, p.sparsity_train, "slimming:sparsity",
+                               hooks=[penalty])
+        scores = {g.name: scoring.bn_scale(ctx.model, g) for g in plan.chosen}
+        keep, threshold = _global_keep(p, plan, scores)
+        pruned, info = _prune(p, ctx, plan, scores, keep)
+        history += _after(history, train_masked(ctx, pruned.masks, p.finetune,
+                                                "slimming:finetune"))
+        return _result(pruned, history, {**info, "threshold": threshold, "penalty": p.penalty})
 
 
 def _after(first: list[dict], rows: list[dict]) -> list[dict]:
@@ -275,9 +289,3 @@ def _after(first: list[dict], rows: list[dict]) -> list[dict]:
     epoch, step = first[-1]["epoch"] + 1, first[-1]["step"]
     return [{**r, "epoch": r["epoch"] + epoch, "step": r["step"] + step} for r in rows]
 
-
-def _slimming_check(p: SlimmingParams, ctx: PruneContext) -> None:
-    _bn_groups(p, ctx)
-
-
-slimming.check = _slimming_check

@@ -1,8 +1,9 @@
 """`torchvision:NAME`: any classification model builder of torchvision.models, random init.
 
 `model.name: torchvision:resnet18` builds `torchvision.models.get_model("resnet18",
-weights=None, num_classes=<classes>)`. Weights are never loaded or downloaded: the pruning
-methods start from a random init. torchvision is imported only when such a name is resolved
+weights=None, num_classes=<classes>)` with a seeded random init; trained weights come only
+from a file (`model.weights`, e.g. torchvision's ImageNet weights saved elsewhere, with
+`model.reset_head` for a new class count). Nothing is ever downloaded. torchvision is imported only when such a name is resolved
 (importing compress.models stays light).
 
 Adjustments so every builder returns plain logits for the dataset's images:
@@ -31,16 +32,16 @@ NO_AUX = {"aux_logits": False, "init_weights": True}
 
 
 class TorchvisionParams(BaseModel):
-    """No options: random init only (pretrained weights are not supported)."""
+    """No options of its own: a seeded random init, or the file in model.weights."""
 
     model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
     def _no_weights(cls, data):
-        if isinstance(data, dict) and ({"weights", "pretrained"} & set(data)):
-            raise ValueError("pretrained weights are not supported: torchvision models start "
-                             "from a random init and nothing is downloaded")
+        if isinstance(data, dict) and "pretrained" in data:
+            raise ValueError("pretrained weights are never downloaded: torchvision models start "
+                             "from a random init, or from a weights file (model.weights=PATH)")
         return data
 
 
@@ -98,4 +99,6 @@ def resolve_torchvision(rest: str) -> Entry:
                  defaults={"example_shape": EXAMPLE_SHAPES.get(rest, [3, 32, 32])})
 
 
-MODELS.register_prefix("torchvision", resolve_torchvision)
+MODELS.register_prefix("torchvision", resolve_torchvision, params=TorchvisionParams,
+                       summary="any classifier of torchvision.models by name, e.g. "
+                               f"torchvision:resnet18 ({EXAMPLES}); random init")

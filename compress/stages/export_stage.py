@@ -32,9 +32,10 @@ def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) 
     if masks is not None:
         apply_masks(model, masks)
     model.eval()
-    seeds = src.record.get("method_info", {}).get("seeds")
-    if seeds is not None:  # a random network: its weights must rebuild from its seeds
-        _verify_seeds(model, seeds, src, masks)
+    method = src.record.get("method")
+    if method:  # the producing method may refuse (e.g. weights that must rebuild from seeds)
+        from compress.registry import METHODS
+        METHODS.get(method).obj.verify_export(model, src, masks)
     record = run_stage("export", cfg, env,
                        lambda tmp: _export_files(cfg, model, masks, src, data, tmp),
                        src=src, out=out, method=src.record.get("method"))
@@ -48,18 +49,18 @@ def _export_files(cfg: Config, model, masks, src: StageInfo, data, tmp: Path) ->
     from compress.export.bench_table import Column, module_size, ort_test_metrics, to_markdown
     from compress.export.onnx import check_parity, export_onnx
     ex = cfg.export
-    deploy, spec = _deployable(cfg, model, masks, data.test.x[:2])
+    deploy, spec = _deployable(cfg, model, masks, data.test.head(2))
     meta = _metadata(src, spec, data, ex.providers)
     fp32 = tmp / (ONNX_FILE if ex.precision == "fp32" else FP32_FILE)
-    export_onnx(deploy, data.test.x[:2], fp32, metadata={**meta, "compress.precision": "fp32"},
+    export_onnx(deploy, data.test.head(2), fp32, metadata={**meta, "compress.precision": "fp32"},
                 opset=ex.opset, exporter=ex.exporter)
-    parity_x = data.test.x[:ex.parity_samples]
+    parity_x = data.test.head(ex.parity_samples)
     # The masked model, or (widths rounded down) that model without the live units it lost.
     from compress.core.shrink import reference
-    ref = reference(model, spec, data.test.x[:2])
+    ref = reference(model, spec, data.test.head(2))
     metrics = {"parity_rel_error": check_parity(fp32, ref, parity_x, rtol=ex.rtol)}
     shrunk = deploy is not model
-    example = data.test.x[:1]
+    example = data.test.head(1)
     columns = [Column("shrunk" if shrunk else "dense", fp32, *module_size(deploy, example),
                       ort_test_metrics(fp32, data.test))]
     files = {"onnx": ONNX_FILE, "structure": "structure.json"}
@@ -73,6 +74,8 @@ def _export_files(cfg: Config, model, masks, src: StageInfo, data, tmp: Path) ->
         files["onnx_fp32"] = FP32_FILE
     table = _table(cfg, model, data, columns, shrunk)
     metrics.update(_table_summary(table, ex.precision))
+    if data.preprocess and data.preprocess.get("kind") == "table":
+        metrics.update(_raw_rows_in(cfg, model, data, [c.path for c in columns]))
     deployed = columns[-1]
     metrics["onnx_bytes"] = float(deployed.path.stat().st_size)
     metrics.update({f"onnx_{k}": v for k, v in deployed.metrics.items()})
@@ -83,7 +86,33 @@ def _export_files(cfg: Config, model, masks, src: StageInfo, data, tmp: Path) ->
     return Work(files, metrics, masks.density() if masks is not None else 1.0,
                 extra={"structure": spec, "source_metrics": src.record["metrics"],
                        "onnx_metadata": meta, "export_table": table,
-                       "deployment": _deployment(ex)})
+                       "deployment": _deployment(ex), **_raw_inputs(data)})
+
+
+def _raw_rows_in(cfg: Config, model, data, paths: list[Path]) -> dict[str, float]:
+    """The table's preprocessing put in front of every deployed ONNX file, checked on raw test
+    rows against PyTorch on the same rows encoded (fp32 gated by export.rtol; a reduced copy's
+    error is informational)."""
+    from compress.export.onnx import check_parity
+    from compress.export.preprocess import prepend_table, raw_feed
+    ex = cfg.export
+    n = min(ex.parity_samples, len(data.test))
+    feed = raw_feed(data.preprocess, data.raw_rows("test", slice(0, n)))
+    out = {}
+    for i, path in enumerate(paths):
+        prepend_table(path, data.preprocess)
+        key = "parity_raw_rel_error" if i == 0 else "precision_raw_rel_error"
+        out[key] = check_parity(path, model, data.test.head(n), rtol=ex.rtol if i == 0 else math.inf,
+                                feed=feed)
+    return out
+
+
+def _raw_inputs(data) -> dict:
+    """The served model's raw inputs (name, MLflow type, kind), for tables."""
+    if not (data.preprocess and data.preprocess.get("kind") == "table"):
+        return {}
+    from compress.export.preprocess import raw_inputs
+    return {"raw_inputs": raw_inputs(data.preprocess)}
 
 
 def _reduced(cfg: Config, model, data, fp32, dest: Path, meta: dict):
@@ -94,7 +123,7 @@ def _reduced(cfg: Config, model, data, fp32, dest: Path, meta: dict):
     ex = cfg.export
     calibration = None
     if ex.precision == "int8-static":
-        calibration = calibration_batches(data.train.x, ex.calibration_batches,
+        calibration = calibration_batches(data.train, ex.calibration_batches,
                                           ex.calibration_batch_size, cfg.seed)
     reduce_precision(fp32.path, dest, ex.precision, calibration=calibration,
                      providers=ex.providers, metadata=meta)
@@ -102,7 +131,7 @@ def _reduced(cfg: Config, model, data, fp32, dest: Path, meta: dict):
     change = accuracy_gate(fp32.metrics["test_accuracy"], scored["test_accuracy"],
                            ex.max_accuracy_drop, ex.precision)
     # Informational: how far the reduced model's outputs are from PyTorch's (no tolerance).
-    rel = check_parity(dest, model, data.test.x[:ex.parity_samples], rtol=math.inf)
+    rel = check_parity(dest, model, data.test.head(ex.parity_samples), rtol=math.inf)
     return (Column(ex.precision, dest, fp32.params, fp32.macs, scored),
             {"precision_accuracy_change": change, "precision_rel_error": rel})
 
@@ -116,9 +145,9 @@ def _table(cfg: Config, model, data, columns: list, shrunk: bool) -> dict:
         return build_table(columns, data.in_shape, rounds=None)
     with tempfile.TemporaryDirectory(prefix="compress-dense-") as scratch:
         if shrunk:  # the same masked model at dense shapes: what the shrink saves
-            dense = export_onnx(model, data.test.x[:2], Path(scratch) / "dense.onnx",
+            dense = export_onnx(model, data.test.head(2), Path(scratch) / "dense.onnx",
                                 opset=ex.opset, exporter=ex.exporter)
-            columns = [Column("dense", dense, *module_size(model, data.test.x[:1]),
+            columns = [Column("dense", dense, *module_size(model, data.test.head(1)),
                               ort_test_metrics(dense, data.test)), *columns]
         return build_table(columns, data.in_shape, rounds=ex.latency_rounds)
 
@@ -142,17 +171,6 @@ def _deployment(ex) -> dict:
     from compress.export.precision import CHECK_PROVIDER, unavailable_here
     return {"precision": ex.precision, "providers": list(ex.providers),
             "checked_on": CHECK_PROVIDER, "unavailable_here": unavailable_here(ex.providers)}
-
-
-def _verify_seeds(model, seeds: dict, src: StageInfo, masks) -> None:
-    from compress.export.onnx import ExportError
-    from compress.methods.edgepopup import rebuild
-    redrawn = src.state("redrawn") if src.has("redrawn") else {}
-    params = dict(model.named_parameters())
-    for name, w in rebuild(model, seeds, redrawn, masks).items():
-        if not torch.equal(w, params[name].detach()):
-            raise ExportError(f"{name} in {src.dir} does not match the weights rebuilt from its "
-                              "seeds; the stage folder was altered, re-run the prune stage")
 
 
 def _deployable(cfg: Config, model, masks, example: torch.Tensor):
@@ -207,14 +225,18 @@ def _metadata(src: StageInfo, spec: dict, data, providers: list[str]) -> dict[st
         "compress.method": str(rec.get("method")), "compress.density": f"{rec.get('density', 1.0):.6g}",
         "compress.layer_density": json.dumps(rec.get("layer_density", {})),
         "compress.kept_features": json.dumps(spec.get("input_kept", "all")),
-        "compress.dataset": data.name, "compress.input_width": str(int(data.test.x[0].numel())),
+        "compress.dataset": data.name, "compress.input_width": str(math.prod(data.in_shape)),
         "compress.providers": json.dumps(list(providers)),
+        # What a deployment does to raw inputs first (image decoding; tables: inside the graph)
+        **({"compress.preprocess": json.dumps(data.preprocess)} if data.preprocess else {}),
+        **{f"compress.{k}": json.dumps(v) for k, v in _raw_inputs(data).items()},
     }
 
 
 def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) -> dict:
     m = record["source_metrics"]
     tags = {"method": str(record.get("method")), "density": f"{record['density']:.6g}",
+            **_model_lineage(src.record.get("model_ref") or {}),
             "dataset": data.name, "source_run": str(src.record.get("run_id")),
             "export_run": str(record["run_id"]), "data_fingerprint": data.fingerprint()[:16],
             "precision": cfg.export.precision, "providers": ",".join(cfg.export.providers),
@@ -222,5 +244,31 @@ def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) ->
     with env.tracker.run("register", tags={"compress.stage": "register"}, run_id=record["run_id"]):
         return env.tracker.register_onnx(Path(record["out_dir"]) / ONNX_FILE, cfg.export.registry_name,
                                          tags=tags, alias=cfg.export.alias,
-                                         input_example=data.test.x[:2].numpy(),
+                                         input_example=_input_example(data),
                                          providers=list(cfg.export.providers))
+
+
+def _model_lineage(ref: dict) -> dict[str, str]:
+    """Registry tags naming the model that was compressed: its reference (a registered model's
+    pinned URI and version), and where its trained weights came from (file sha256 or URI)."""
+    source = ref.get("pinned_uri") or ref.get("name", "")
+    tags = {"source_model": str(source)}
+    registry = next((u for u in (ref.get("pinned_uri"), ref.get("weights"))
+                     if isinstance(u, str) and u.startswith("models:/")), None)
+    if registry:
+        tags["source_model_uri"], tags["source_model_version"] = registry, registry.rsplit("/", 1)[1]
+    if ref.get("weights"):
+        tags["weights"] = str(ref["weights"])
+    if ref.get("weights_sha256"):
+        tags["weights_sha256"] = ref["weights_sha256"]
+    if ref.get("file_sha256"):
+        tags["model_code_sha256"] = ref["file_sha256"]
+    return tags
+
+
+def _input_example(data):
+    """Two test inputs as the deployed model takes them (a table's: raw columns by name)."""
+    if data.preprocess and data.preprocess.get("kind") == "table":
+        from compress.export.preprocess import raw_feed
+        return raw_feed(data.preprocess, data.raw_rows("test", slice(0, 2)))
+    return data.test.head(2).numpy()

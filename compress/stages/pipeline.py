@@ -28,7 +28,8 @@ from compress.errors import UserError
 from compress.stages.artifacts import STAGE_FILE, StageInfo, read_stage
 from compress.stages.runner import StageEnv, identity
 
-StageName = Literal["pretrain", "prune", "retrain", "export"]
+StageName = Literal["import", "pretrain", "prune", "retrain", "export"]
+FIRST_STAGES = ("import", "pretrain")  # stages that start a lineage (no `from`)
 
 
 class StageSpec(BaseModel):
@@ -40,8 +41,11 @@ class StageSpec(BaseModel):
 
     @model_validator(mode="after")
     def _needs_source(self):
-        if self.stage != "pretrain" and not self.from_:
+        if self.stage not in FIRST_STAGES and not self.from_:
             raise ValueError(f"stage {self.id!r} ({self.stage}) needs `from: <earlier stage id>`")
+        if self.stage in FIRST_STAGES and self.from_:
+            raise ValueError(f"stage {self.id!r} ({self.stage}) starts a lineage and takes no "
+                             "`from`")
         return self
 
 
@@ -114,10 +118,12 @@ def preflight(stages: list[Planned], sources: dict[str, StageInfo]) -> None:
             continue
         src = p.spec.from_
         if src in sources:
-            dense = sources[src].record.get("dense_train")
+            record = sources[src].record
+            dense, imported = record.get("dense_train"), record.get("dense_train", {}) is None
         else:
             dense = planned[src].cfg.train.model_dump() if src in planned else None
-        check_prune(p.cfg, dense)
+            imported = src in planned and planned[src].spec.stage == "import"
+        check_prune(p.cfg, dense, imported)
 
 
 def stage_status(p: Planned) -> tuple[str, StageInfo | None]:
@@ -144,6 +150,14 @@ def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: in
     Under torchrun rank 0 alone holds the lock, cleans up, reads and writes pipeline.json and
     decides which stages to reuse; the other ranks follow its decisions (dist.on_main).
     """
+    from compress.data.filebacked import one_scan_per_command
+    with one_scan_per_command():
+        return _run_pipeline(spec, env, layers, seed, out, resolve_source, fresh, tags)
+
+
+def _run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: int | None,
+                  out: Path | None, resolve_source, fresh: bool,
+                  tags: dict[str, str] | None) -> dict:
     root = Path(out) if out else env.root / spec.name
     infos = {sid: resolve_source(ref) for sid, ref in spec.sources.items()} if spec.sources else {}
     stages = plan(spec, layers, seed, root, infos)  # every config is checked before anything runs
@@ -172,9 +186,12 @@ def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: in
 
 def status_rows(spec: PipelineSpec, layers: list[dict], seed: int | None, root: Path,
                 resolve_source) -> list[dict]:
+    from compress.data.filebacked import one_scan_per_command
     infos = {sid: resolve_source(ref) for sid, ref in spec.sources.items()} if spec.sources else {}
     rows = []
-    for p in plan(spec, layers, seed, root, infos):
+    with one_scan_per_command():
+        planned = plan(spec, layers, seed, root, infos)
+    for p in planned:
         status, info = stage_status(p)
         rows.append({"id": p.spec.id, "stage": p.spec.stage, "status": status, "dir": str(p.out),
                      "run_id": info.record.get("run_id") if info else None, "identity": p.id[:12]})
@@ -249,10 +266,18 @@ def _flock(root: Path) -> Iterator[None]:
 
 
 def run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | None) -> dict:
+    from compress.data.filebacked import one_scan_per_command
+    with one_scan_per_command():
+        return _run_one(stage, cfg, env, src, out)
+
+
+def _run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | None) -> dict:
     from compress.stages import export_stage, train_stages
     if src is not None:
         check_source(cfg, src)
     train_stages.check_device(stage, cfg)
+    if stage == "import":
+        return train_stages.import_model(cfg, env, out)
     if stage == "pretrain":
         return train_stages.pretrain(cfg, env, out)
     if stage == "export":  # nothing to train: rank 0 exports alone, the others get its record
@@ -262,9 +287,13 @@ def run_one(stage: str, cfg, env: StageEnv, src: StageInfo | None, out: Path | N
 
 
 def check_source(cfg, src: StageInfo) -> None:
-    """Later stages must use the data and model their source was trained with."""
+    """Later stages must use the data and model their source was trained with (options that
+    only change loading speed, like data.num_workers, may differ)."""
+    from compress.data.filebacked import identity_view
     for key in ("data", "model"):
-        theirs = src.record["config"][key]
-        if getattr(cfg, key) != theirs:
+        theirs, ours = src.record["config"][key], getattr(cfg, key)
+        if key == "data":
+            theirs, ours = identity_view(theirs), identity_view(ours)
+        if ours != theirs:
             raise UserError(f"{key} differs from the source stage in {src.dir} ({theirs}); "
                             f"a stage reads its source's {key}, so do not change {key}.* here")

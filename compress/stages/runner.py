@@ -53,14 +53,24 @@ class Work:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_data(name: str, opts_json: str):
+def _cached_data(name: str, opts_json: str, files: str | None):
     from compress.data import load_dataset
     return load_dataset(name, json.loads(opts_json))
 
 
 def load_data(cfg: Config):
+    """The configured data; loaded once per process for the same options and, for files,
+    the same fingerprint (an edited file is read again)."""
+    from compress.data.filebacked import files_fingerprint
     name, opts = cfg.section("data")
-    return _cached_data(name, json.dumps(opts, sort_keys=True))
+    return _cached_data(name, json.dumps(opts, sort_keys=True), files_fingerprint(cfg.data))
+
+
+def data_record(data) -> dict:
+    """What every stage records about its data: the fingerprint and the loader's facts
+    (e.g. computed mean/std, class names, dropped rows)."""
+    return {"data_fingerprint": data.fingerprint(), "data_facts": data.facts,
+            **({"data_preprocess": data.preprocess} if data.preprocess else {})}
 
 
 def build(cfg: Config, data, seed_offset: int = 0, architecture: dict | None = None,
@@ -85,6 +95,20 @@ def architecture(src: StageInfo | None) -> dict | None:
     return src.record.get("architecture") if src is not None else None
 
 
+def model_reference(section: dict) -> dict:
+    """How every later command rebuilds this model (reference, options, sha256 of weights and
+    code)."""
+    from compress.models.base import reference
+    return reference(section)
+
+
+def load_trained(model: nn.Module, cfg: Config, data) -> dict | None:
+    """Load the configured trained weights (model.weights, or a registered model's) into a
+    freshly built `model`; returns what was loaded (for the record), None if there are none."""
+    from compress.models.base import initial_weights
+    return initial_weights(model, cfg.model, data.test.head(1))
+
+
 def split_metrics(model: nn.Module, data) -> dict[str, float]:
     out = {}
     for split in ("val", "test"):
@@ -95,6 +119,7 @@ def split_metrics(model: nn.Module, data) -> dict[str, float]:
 # The config sections each stage reads: its identity hashes only these (plus its source's
 # identity), so changing a prune option does not invalidate a finished pretrain.
 STAGE_INPUTS = {
+    "import": ("seed", "data", "model"),
     "pretrain": ("seed", "data", "model", "train"),
     "prune": ("seed", "data", "model", "train", "method"),
     "retrain": ("seed", "data", "model", "train", "retrain"),
@@ -102,8 +127,23 @@ STAGE_INPUTS = {
 }
 
 
+DISTILLING_STAGES = ("prune", "retrain")
+
+
 def identity(stage: str, cfg: Config, source_id: str = "") -> str:
-    return cfg.digest(stage, source_id, sections=STAGE_INPUTS[stage])
+    """Hash of the config sections the stage reads and its source's identity; model files and
+    weights by their sha256, file-backed data by the files' fingerprint (edited files are never
+    reused), and without the options that only change loading speed."""
+    from compress.data.filebacked import files_fingerprint, identity_view
+    from compress.models.base import identity as model_identity
+    sections = STAGE_INPUTS[stage]
+    if cfg.distill is not None and stage in DISTILLING_STAGES:
+        sections += ("distill",)
+    if cfg.plugins:  # the code that ran is part of what a stage is
+        sections += ("plugins",)
+    files = files_fingerprint(cfg.data)
+    return cfg.digest(stage, source_id, *((files,) if files else ()), sections=sections,
+                      replace={"model": model_identity(cfg.model), "data": identity_view(cfg.data)})
 
 
 def stage_id(stage: str, cfg: Config, src: StageInfo | None) -> str:
@@ -128,7 +168,8 @@ def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Wor
             work = body(tmp)
             record = {
                 "stage": stage, "id": sid, "run_id": run_id, "method": method,
-                "config": cfg.dump(), "metrics": work.metrics, "density": work.density,
+                "config": cfg.dump(), "model_ref": model_reference(cfg.model),
+                "metrics": work.metrics, "density": work.density,
                 "files": work.files, "source": _source(src), "out_dir": str(out_dir),
                 "tracking": env.tracker.describe(), **work.extra,
                 "seconds": round(time.perf_counter() - started, 3),

@@ -1,7 +1,9 @@
-"""The stages that train: pretrain (dense), prune (a method), retrain (a control or fine-tune)."""
+"""The stages that make models: import (a trained model, evaluated), pretrain (dense
+training), prune (a method), retrain (a control or fine-tune)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -14,27 +16,66 @@ from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
 from compress.core.masks import MaskSet
 from compress.errors import UserError
 from compress.stages.artifacts import INIT, WEIGHTS, StageInfo, plot_curve, plot_density, save_state
-from compress.stages.runner import (StageEnv, Work, architecture, build, load_data, run_stage,
-                                    split_metrics)
+from compress.stages.runner import (StageEnv, Work, architecture, build, data_record, load_data,
+                                    load_trained, run_stage, split_metrics)
+
+
+def import_model(cfg: Config, env: StageEnv, out: Path | None = None) -> dict:
+    """A model that arrives trained (model.weights, or a registered model): evaluated on the
+    data, not trained. Its metrics are the dense baseline; its weights are also the rewind point
+    (`init`), since the model's own initialisation is unknown."""
+    data = load_data(cfg)
+    model = build(cfg, data)
+    imported = load_trained(model, cfg, data)  # bad weights are refused before a run exists
+    if imported is None:
+        raise UserError("the import stage needs trained weights: set model.weights=PATH, or "
+                        "--from models:/NAME@ALIAS; to train from scratch use pretrain")
+
+    def body(tmp: Path) -> Work:
+        save_state(model, tmp / WEIGHTS)
+        os.link(tmp / WEIGHTS, tmp / INIT)  # the same bytes: no second copy on disk
+        return Work({"weights": WEIGHTS, "init": INIT}, split_metrics(model, data), 1.0, [],
+                    {"structure": structure(model, None), **data_record(data),
+                     "dense_train": None, "dense_seed": cfg.seed, "imported": imported})
+
+    return run_stage("import", cfg, env, body, out=out)
 
 
 def pretrain(cfg: Config, env: StageEnv, out: Path | None = None) -> dict:
+    """Dense training from a seeded init, or fine-tuning of model.weights when they are set."""
     data = load_data(cfg)
 
     def body(tmp: Path) -> Work:
         model = build(cfg, data)
+        imported = load_trained(model, cfg, data)
         save_state(model, tmp / INIT)
         history = fit(model, data, cfg.train, seed=cfg.seed, progress="pretrain" if env.progress else None)
         save_state(model, tmp / WEIGHTS)
         return Work({"weights": WEIGHTS, "init": INIT}, split_metrics(model, data), 1.0, history,
-                    {"structure": structure(model, None), "data_fingerprint": data.fingerprint(),
-                     "dense_train": cfg.train.model_dump(), "dense_seed": cfg.seed})
+                    {"structure": structure(model, None), **data_record(data),
+                     "dense_train": cfg.train.model_dump(), "dense_seed": cfg.seed,
+                     **({"imported": imported} if imported else {})})
 
     return run_stage("pretrain", cfg, env, body, out=out)
 
 
-def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -> dict:
+def _dense_train(cfg: Config, src: StageInfo):
+    """The TrainConfig of the source's dense training (replayed to reach a rewind point), or
+    None for an imported model, whose training compress never saw."""
     from compress.config import TrainConfig
+    recorded = src.record.get("dense_train", cfg.train.model_dump())
+    return TrainConfig(**recorded) if recorded is not None else None
+
+
+def _with_teacher(cfg: Config, train, src: StageInfo, data):
+    """`train` distilling from the dense model of `src`'s lineage when `distill` is set."""
+    if cfg.distill is None:
+        return train
+    from compress.stages.lineage import dense_teacher
+    return train.with_teacher(dense_teacher(cfg, src, data), cfg.distill)
+
+
+def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -> dict:
     from compress.methods.base import PruneContext
     from compress.registry import METHODS
 
@@ -43,17 +84,15 @@ def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -
     data = load_data(cfg)
     model, start = _load(cfg, data, src)
     arch = architecture(src)
-    ctx = PruneContext(model, data, cfg.train, start, cfg.seed, env.progress,
-                       init=_init(cfg, data, src),
-                       dense_train=TrainConfig(**src.record.get("dense_train", cfg.train.model_dump())),
+    ctx = PruneContext(model, data, _with_teacher(cfg, cfg.train, src, data), start, cfg.seed,
+                       env.progress, init=_init(cfg, data, src), dense_train=_dense_train(cfg, src),
                        dense_seed=src.record.get("dense_seed", cfg.seed),
                        build=lambda offset: build(cfg, data, seed_offset=offset, architecture=arch))
-    if hasattr(entry.obj, "check"):  # refuse bad options before a run or folder exists
-        entry.obj.check(params, ctx)
+    entry.obj.check(params, ctx)  # refuse bad options before a run or folder exists
 
     def body(tmp: Path) -> Work:
         ctx.on_round = _round_logger(env, tmp)
-        result = entry.obj(params, ctx)
+        result = entry.obj.run(params, ctx)
         dist.check_same(result.masks.values(), f"{name} masks")  # torchrun: same on all ranks
         apply_masks(model, result.masks)
         extra = {"method_info": result.info, "dense_metrics": src.record["metrics"]}
@@ -87,7 +126,7 @@ def check_device(stage: str, cfg: Config) -> None:
         training_device(cfg.train.device)
 
 
-def check_prune(cfg: Config, dense_train: dict | None = None) -> None:
+def check_prune(cfg: Config, dense_train: dict | None = None, imported: bool = False) -> None:
     """The method's own checks (layer names, channel groups, schedule lengths) on a freshly
     built model of the configured architecture. Pipelines run this for every prune stage before
     the first stage starts, so a bad option is refused before anything is trained or written."""
@@ -96,11 +135,9 @@ def check_prune(cfg: Config, dense_train: dict | None = None) -> None:
     from compress.registry import METHODS
 
     entry = METHODS.get(cfg.section("method")[0])
-    if not hasattr(entry.obj, "check"):
-        return
     data = load_data(cfg)
     model = build(cfg, data)
-    dense = TrainConfig(**dense_train) if dense_train else cfg.train
+    dense = None if imported else (TrainConfig(**dense_train) if dense_train else cfg.train)
     ctx = PruneContext(model, data, cfg.train, MaskSet.ones_like(prunable_parameters(model)),
                        cfg.seed, progress=False, init=model.state_dict(), dense_train=dense,
                        dense_seed=cfg.seed, build=lambda offset: build(cfg, data, seed_offset=offset))
@@ -131,18 +168,16 @@ def retrain(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None)
         raise UserError(f"{src.dir} holds no masks (a {src.stage} stage); retrain needs the "
                         "output of prune or retrain")
     mode, data = cfg.retrain.mode, load_data(cfg)
-    train_cfg = cfg.retrain.train or cfg.train
+    train_cfg = _with_teacher(cfg, cfg.retrain.train or cfg.train, src, data)
     arch = architecture(src)
     rewound = None
     if mode in ("rewind", "random_prune"):
-        from compress.config import TrainConfig
         rewound = controls.rewind_state(
             lambda o: build(cfg, data, seed_offset=o), src.state("init"), cfg.retrain.rewind,
-            data, TrainConfig(**src.record.get("dense_train", cfg.train.model_dump())),
-            src.record.get("dense_seed", cfg.seed))
+            data, _dense_train(cfg, src), src.record.get("dense_seed", cfg.seed))
         if arch is not None:  # the rewound dense weights of the kept channels
             rewound = build(cfg, data, architecture=arch, dense_state=rewound).state_dict()
-    example = data.test.x[:1]
+    example = data.test.head(1)
     dense_macs = None
     if arch is not None:  # Scratch-B's budget scales with the configured (dense) model's MACs
         from compress.core.flops import layer_macs
@@ -189,8 +224,11 @@ def _finish(tmp: Path, model, masks: MaskSet, src: StageInfo, data, history, ext
     plot_density(masks, tmp / "density.png", extra.get("mode") or "pruned")
     files = {"weights": WEIGHTS, "init": INIT, "masks": "masks.safetensors",
              "density_plot": "density.png"}
-    extra = {**extra, "layer_density": masks.layer_density(), "structure": structure(model, masks),
-             "dense_train": src.record.get("dense_train"), "dense_seed": src.record.get("dense_seed")}
+    from compress.stages.lineage import dense_source
+    extra = {**extra, **data_record(data), "layer_density": masks.layer_density(),
+             "structure": structure(model, masks),
+             "dense_train": src.record.get("dense_train"), "dense_seed": src.record.get("dense_seed"),
+             "dense_source": dense_source(src)}
     return Work(files, split_metrics(model, data), masks.density(), history, extra)
 
 

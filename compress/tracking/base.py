@@ -47,8 +47,12 @@ class Tracker(Protocol):
     def exists(self, run_id: str) -> bool:
         """Whether this store has the run (a resumed pipeline reopens its parent run)."""
 
-    def end_stale_children(self, parent_run_id: str) -> None:
-        """Mark child runs still RUNNING (their process was killed) as KILLED."""
+    def end_stale_children(self, parent_run_id: str) -> list[str]:
+        """Mark child runs still RUNNING (their process was killed) as KILLED; their ids."""
+
+    def find_runs(self, tags: dict[str, str], status: str | None = "FINISHED") -> list[dict]:
+        """Runs of this experiment with all these tags (and status): run_id, tags, metrics,
+        start_time, oldest first. A sweep reuses finished cells and stages through this."""
 
 
 class NullTracker:
@@ -92,8 +96,11 @@ class NullTracker:
     def exists(self, run_id: str) -> bool:
         return run_id.startswith("local-")
 
-    def end_stale_children(self, parent_run_id: str) -> None:
-        pass
+    def end_stale_children(self, parent_run_id: str) -> list[str]:
+        return []
+
+    def find_runs(self, tags: dict[str, str], status: str | None = "FINISHED") -> list[dict]:
+        return []
 
 
 class RankZeroTracker:

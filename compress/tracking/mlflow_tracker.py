@@ -192,6 +192,16 @@ def _pinned(package: str) -> str:
         return package
 
 
+def _holds_run(folder: Path, run_id: str) -> bool:
+    """Whether `folder` is still that run's stage (not a later run's written at the same path,
+    nor another machine's folder that happens to have the same path); a stage.json that names
+    no run is taken at its word."""
+    try:
+        return json.loads((folder / STAGE_FILE).read_text()).get("run_id", run_id) == run_id
+    except (OSError, ValueError):
+        return False
+
+
 def find_stage_dir(root: Path) -> Path | None:
     """The folder holding stage.json: root itself, else the shallowest one below it."""
     if (root / STAGE_FILE).is_file():
@@ -477,7 +487,7 @@ class MlflowTracker:
         """The run's stage folder: its local out_dir if still there, else downloaded to dest."""
         run = self._get_run(run_id)
         out_dir = run.data.tags.get(OUT_DIR_TAG)
-        if out_dir and (Path(out_dir) / STAGE_FILE).is_file():
+        if out_dir and _holds_run(Path(out_dir), run_id):
             return Path(out_dir)
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
@@ -505,13 +515,25 @@ class MlflowTracker:
             raise
         return True
 
-    def end_stale_children(self, parent_run_id: str) -> None:
+    def end_stale_children(self, parent_run_id: str) -> list[str]:
         self._activate()
         experiment = self._client.get_run(parent_run_id).info.experiment_id
         runs = self._client.search_runs(
             [experiment], max_results=1000,
             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
                           "attributes.status = 'RUNNING'")
-        for run in runs:
-            if run.info.run_id not in self._stack:
-                self._client.set_terminated(run.info.run_id, status="KILLED")
+        ended = [run.info.run_id for run in runs if run.info.run_id not in self._stack]
+        for run_id in ended:
+            self._client.set_terminated(run_id, status="KILLED")
+        return ended
+
+    def find_runs(self, tags: dict[str, str], status: str | None = "FINISHED") -> list[dict]:
+        self._activate()
+        # Values are names and hashes this package writes (no quotes in them).
+        terms = [f"tags.`{clean_key(k)}` = '{v}'" for k, v in tags.items()]
+        if status:
+            terms.append(f"attributes.status = '{status}'")
+        runs = self._client.search_runs([self.experiment_id], " and ".join(terms),
+                                        max_results=50000, order_by=["attributes.start_time ASC"])
+        return [{"run_id": r.info.run_id, "tags": dict(r.data.tags),
+                 "metrics": dict(r.data.metrics), "start_time": r.info.start_time} for r in runs]

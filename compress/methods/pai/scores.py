@@ -132,15 +132,6 @@ def _mask_weights(net: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
         params[n].mul_(m.to(params[n].device, params[n].dtype))
 
 
-def synflow_scores(model: nn.Module, input_shape: Sequence[int],
-                   masks: Mapping[str, torch.Tensor] | None = None) -> Scores:
-    """One SynFlow round: |theta * dR/dtheta| on the linearised copy (masked entries score 0)."""
-    net = linearised(model)
-    if masks:
-        _mask_weights(net, masks)
-    return _synflow_round(net, input_shape)
-
-
 def synflow_iterative(model: nn.Module, input_shape: Sequence[int], density: float, rounds: int,
                       scope: Literal["layerwise", "global"] = "global",
                       names: Iterable[str] | None = None, current: MaskSet | None = None,

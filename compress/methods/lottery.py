@@ -18,15 +18,12 @@ from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
 from compress.core.masks import MaskSet
 from compress.core.schedules import DurationStr, per_round_fraction
 from compress.methods import controls
-from compress.methods.base import (DensityTarget, MethodParams, PruneContext, PruneResult,
-                                   check_layer_names)
+from compress.methods.base import (DensityTarget, Method, MethodParams, PruneContext,
+                                   PruneResult, check_layer_names)
+from compress.methods.presets import LENET_MNIST5K, TINY_MLP, tiny
 from compress.registry import register_method
 
 Control = Literal["reinit", "random_prune", "scratch_e", "scratch_b"]
-# The lottery-ticket methods' embedded default: LeNet-300-100 on the 5k MNIST subset (Adam
-# 1.2e-3, batch 60 as in Frankle & Carbin; fewer iterations per round to finish in ~a minute).
-LTH_DEFAULTS = {"data": {"name": "mnist5k"}, "model": {"name": "lenet300"},
-                "train": {"lr": 0.0012, "batch_size": 60, "duration": "2000it", "weight_decay": 0.0}}
 
 
 class RewindOptions(MethodParams):
@@ -128,28 +125,40 @@ def _test(model, data, prefix: str) -> dict[str, float]:
 
 def _control(mode: str, p: RewindOptions, ctx: PruneContext, masks: MaskSet, rewound) -> dict:
     start = controls.prepare(mode, build=ctx.build, masks=masks, trained=None, rewound=rewound,
-                             duration=ctx.train.duration, example=ctx.data.test.x[:1],
+                             duration=ctx.train.duration, example=ctx.data.test.head(1),
                              seed=ctx.seed, scope=p.scope)
     fit(start.model, ctx.data, ctx.train, seed=ctx.seed, masks=MaskEnforcer(start.masks),
         duration=start.duration)
     return _test(start.model, ctx.data, mode)
 
 
-@register_method("imp", params=IMPParams,
-                 summary="lottery tickets: iterative magnitude pruning with rewinding",
-                 defaults=LTH_DEFAULTS)
-def imp(p: IMPParams, ctx: PruneContext) -> PruneResult:
-    return run_rounds(p, ctx, lambda kinds: {n: p.layer_fraction(k) for n, k in kinds.items()},
-                      p.layer_fraction("fc"), p.rounds, "imp")
+@register_method
+class IMP(Method):
+    name = "imp"
+    summary = "lottery tickets: iterative magnitude pruning with rewinding"
+    Params = IMPParams
+    defaults = LENET_MNIST5K
+    test_settings = tiny(TINY_MLP, rounds=2, fraction=0.3)
+
+    def check(self, p: IMPParams, ctx: PruneContext) -> None:
+        check(p, ctx)
+
+    def run(self, p: IMPParams, ctx: PruneContext) -> PruneResult:
+        return run_rounds(p, ctx, lambda kinds: {n: p.layer_fraction(k) for n, k in kinds.items()},
+                          p.layer_fraction("fc"), p.rounds, self.name)
 
 
-@register_method("oneshot", params=LTHOneShotParams,
-                 summary="lottery ticket in one shot: prune to the target, rewind, retrain",
-                 defaults=LTH_DEFAULTS)
-def oneshot(p: LTHOneShotParams, ctx: PruneContext) -> PruneResult:
-    return run_rounds(p, ctx, lambda kinds: {n: 1 - p.density for n in kinds}, 1 - p.density,
-                      1, "oneshot")
+@register_method
+class OneShotTicket(Method):
+    name = "oneshot"
+    summary = "lottery ticket in one shot: prune to the target, rewind, retrain"
+    Params = LTHOneShotParams
+    defaults = LENET_MNIST5K
+    test_settings = tiny(TINY_MLP, density=0.3)
 
+    def check(self, p: LTHOneShotParams, ctx: PruneContext) -> None:
+        check(p, ctx)
 
-imp.check = check  # type: ignore[attr-defined]
-oneshot.check = check  # type: ignore[attr-defined]
+    def run(self, p: LTHOneShotParams, ctx: PruneContext) -> PruneResult:
+        return run_rounds(p, ctx, lambda kinds: {n: 1 - p.density for n in kinds}, 1 - p.density,
+                          1, self.name)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from compress.core import score_masks as sm
 from compress.core.loop import BaseHook, fit
 from compress.core.masking import prunable_parameters
 from compress.core.masks import MaskSet
 from compress.errors import UserError
-from compress.methods.base import DensityTarget, PruneContext, PruneResult
-from compress.methods.imp import LTH_DEFAULTS
+from compress.methods.base import DensityTarget, Method, PruneContext, PruneResult
+from compress.methods.edgepopup import scores as sm
+from compress.methods.presets import LENET_MNIST5K, TINY_MLP, tiny
 from compress.registry import register_method
 
 EVENT_SEED_STRIDE = 1_000_003  # event i's seed = base seed * stride + i: distinct, reproducible
@@ -42,7 +42,7 @@ class IteRandParams(EdgePopupParams):
     r: float = Field(0.1, ge=0, le=1, description="probability of redrawing each pruned weight")
 
 
-EDGEPOPUP_DEFAULTS = {**LTH_DEFAULTS, "train": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+EDGEPOPUP_DEFAULTS = {**LENET_MNIST5K, "train": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
                                                 "weight_decay": 0.0005, "batch_size": 128,
                                                 "duration": "10ep", "schedule": "cosine"}}
 
@@ -135,10 +135,32 @@ def rebuild(model, seeds: dict, redrawn: dict[str, torch.Tensor], masks: MaskSet
     return {n: w * masks[n] for n, w in weights.items()}
 
 
-@register_method("edgepopup", params=EdgePopupParams, defaults=EDGEPOPUP_DEFAULTS,
-                 summary="edge-popup: train scores over frozen random weights, keep the top-k")
-def edgepopup(p: EdgePopupParams, ctx: PruneContext) -> PruneResult:
-    return train_scores(p, ctx, iterand=False, label="edgepopup")
+@register_method
+class EdgePopup(Method):
+    name = "edgepopup"
+    summary = "edge-popup: train scores over frozen random weights, keep the top-k"
+    Params = EdgePopupParams
+    defaults = EDGEPOPUP_DEFAULTS
+    test_settings = tiny(TINY_MLP, density=0.3)
+
+    def check(self, p: EdgePopupParams, ctx: PruneContext) -> None:
+        if not prunable_parameters(ctx.model):
+            raise UserError(f"{self.name} needs a model with Linear or Conv layers")
+
+    def run(self, p: EdgePopupParams, ctx: PruneContext) -> PruneResult:
+        return train_scores(p, ctx, iterand=isinstance(p, IteRandParams), label=self.name)
+
+    def verify_export(self, model, src, masks: MaskSet | None) -> None:
+        """The stored weights must be exactly the ones rebuilt from the recorded seeds."""
+        seeds = src.record.get("method_info", {}).get("seeds")
+        if seeds is None:
+            return
+        redrawn = src.state("redrawn") if src.has("redrawn") else {}
+        params = dict(model.named_parameters())
+        for name, w in rebuild(model, seeds, redrawn, masks).items():
+            if not torch.equal(w, params[name].detach()):
+                raise UserError(f"{name} in {src.dir} does not match the weights rebuilt from "
+                                "its seeds; the stage folder was altered, re-run the prune stage")
 
 
 # The paper's k_per = 300 is about one CIFAR-10 epoch; on the embedded default (mnist5k, batch
@@ -146,7 +168,10 @@ def edgepopup(p: EdgePopupParams, ctx: PruneContext) -> PruneResult:
 ITERAND_DEFAULTS = {**EDGEPOPUP_DEFAULTS, "method": {"k_per": 28}}
 
 
-@register_method("iterand", params=IteRandParams, defaults=ITERAND_DEFAULTS,
-                 summary="IteRand: edge-popup plus periodic re-randomisation of pruned weights")
-def iterand(p: IteRandParams, ctx: PruneContext) -> PruneResult:
-    return train_scores(p, ctx, iterand=True, label="iterand")
+@register_method
+class IteRand(EdgePopup):
+    name = "iterand"
+    summary = "IteRand: edge-popup plus periodic re-randomisation of pruned weights"
+    Params = IteRandParams
+    defaults = ITERAND_DEFAULTS
+    test_settings = tiny(TINY_MLP, density=0.3, k_per=2)

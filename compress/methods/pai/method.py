@@ -1,7 +1,7 @@
 """Pruning at initialisation: `snip`, `grasp` and `synflow` (one-shot masks before training).
 
 Each method loads the DENSE INITIALISATION (ctx.init) into the model, scores its Linear/Conv
-weights (compress.core.init_scores), keeps the target density by score (global by default, as
+weights (scores.py beside this file), keeps the target density by score (global by default, as
 in the papers; exact counts), then trains the masked init for `duration` (default
 train.duration) with the mask enforced. The pretrained dense weights are NOT used: the dense
 training only supplies the lineage (data, model, init, config) of the prune stage.
@@ -25,15 +25,17 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from compress.core import init_scores, scoring
+from compress.core import scoring
 from compress.core.loop import fit
 from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
 from compress.core.masks import MaskSet
 from compress.core.metrics import loss_fn
-from compress.core.schedules import DurationStr
+from compress.core.schedules import DurationStr, steps_per_epoch
 from compress.errors import UserError
-from compress.methods.base import DensityTarget, PruneContext, PruneResult, check_layer_names
-from compress.methods.imp import LTH_DEFAULTS
+from compress.methods.base import (DensityTarget, Method, PruneContext, PruneResult,
+                                   check_layer_names)
+from compress.methods.pai import scores as init_scores
+from compress.methods.presets import LENET_MNIST5K, TINY_MLP, tiny
 from compress.registry import register_method
 
 # scores(model with the masked init loaded, starting masks of the competing layers) ->
@@ -82,7 +84,7 @@ def check(p: PAIParams, ctx: PruneContext) -> list[str]:
                         "the source stage, and it has none")
     batches = getattr(p, "batches", None)
     if batches is not None:
-        available = -(-len(ctx.data.train) // ctx.train.batch_size)
+        available = steps_per_epoch(len(ctx.data.train), ctx.train.batch_size)
         if batches > available:
             raise UserError(f"method.batches={batches} but the training split has only "
                             f"{available} batches of {ctx.train.batch_size}")
@@ -98,7 +100,7 @@ def score_batches(ctx: PruneContext, n: int) -> list[tuple[torch.Tensor, torch.T
     """The first n batches of a seeded shuffle of the training split."""
     split, size = ctx.data.train, ctx.train.batch_size
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(ctx.seed))
-    return [(split.x[i], split.y[i]) for i in (order[k * size:(k + 1) * size] for k in range(n))]
+    return list(split.batches(order[k * size:(k + 1) * size] for k in range(n)))
 
 
 def prune_at_init(p: PAIParams, ctx: PruneContext, scores: ScoreFn, label: str) -> PruneResult:
@@ -130,33 +132,56 @@ def prune_at_init(p: PAIParams, ctx: PruneContext, scores: ScoreFn, label: str) 
     return PruneResult(masks, history, info)
 
 
-@register_method("snip", params=SNIPParams, defaults=LTH_DEFAULTS,
-                 summary="SNIP: prune at init by |w * dL/dw| on a training batch, then train")
-def snip(p: SNIPParams, ctx: PruneContext) -> PruneResult:
-    return prune_at_init(p, ctx, lambda model, current: init_scores.snip_scores(
-        model, score_batches(ctx, p.batches), loss_fn), "snip")
+class PruneAtInit(Method):
+    """What the three share: the embedded default, the checks, load-score-select-train."""
+
+    defaults = LENET_MNIST5K
+
+    def check(self, p: PAIParams, ctx: PruneContext) -> None:
+        check(p, ctx)
+
+    def scores(self, p: PAIParams, ctx: PruneContext, model: nn.Module,
+               current: MaskSet) -> scoring.Scores:
+        raise NotImplementedError
+
+    def run(self, p: PAIParams, ctx: PruneContext) -> PruneResult:
+        return prune_at_init(p, ctx, lambda model, current: self.scores(p, ctx, model, current),
+                             self.name)
 
 
-@register_method("grasp", params=GraSPParams, defaults=LTH_DEFAULTS,
-                 summary="GraSP: prune at init keeping gradient flow (-w * Hg), then train")
-def grasp(p: GraSPParams, ctx: PruneContext) -> PruneResult:
-    def keep_lowest(model: nn.Module, current: MaskSet) -> scoring.Scores:
+@register_method
+class SNIP(PruneAtInit):
+    name = "snip"
+    summary = "SNIP: prune at init by |w * dL/dw| on a training batch, then train"
+    Params = SNIPParams
+    test_settings = tiny(TINY_MLP, density=0.3)
+
+    def scores(self, p: SNIPParams, ctx, model, current) -> scoring.Scores:
+        return init_scores.snip_scores(model, score_batches(ctx, p.batches), loss_fn)
+
+
+@register_method
+class GraSP(PruneAtInit):
+    name = "grasp"
+    summary = "GraSP: prune at init keeping gradient flow (-w * Hg), then train"
+    Params = GraSPParams
+    test_settings = tiny(TINY_MLP, density=0.3)
+
+    def scores(self, p: GraSPParams, ctx, model, current) -> scoring.Scores:
         # GraSP removes the HIGHEST S = -w * Hg (their removal keeps or raises ||g||^2) and keeps
         # the lowest; select keeps the highest values, so it is given -S = w * Hg.
         s = init_scores.grasp_scores(model, score_batches(ctx, p.batches), loss_fn, p.temperature)
         return {n: -v for n, v in s.items()}
-    return prune_at_init(p, ctx, keep_lowest, "grasp")
 
 
-@register_method("synflow", params=SynFlowParams, defaults=LTH_DEFAULTS,
-                 summary="SynFlow: data-free iterative pruning at init by synaptic flow, then train")
-def synflow(p: SynFlowParams, ctx: PruneContext) -> PruneResult:
-    in_shape = tuple(ctx.data.train.x.shape[1:])
-    return prune_at_init(p, ctx, lambda model, current: init_scores.synflow_iterative(
-        model, in_shape, p.density, p.rounds, p.scope, names=list(current), current=current),
-        "synflow")
+@register_method
+class SynFlow(PruneAtInit):
+    name = "synflow"
+    summary = "SynFlow: data-free iterative pruning at init by synaptic flow, then train"
+    Params = SynFlowParams
+    test_settings = tiny(TINY_MLP, density=0.3, rounds=10)
 
-
-snip.check = check  # type: ignore[attr-defined]
-grasp.check = check  # type: ignore[attr-defined]
-synflow.check = check  # type: ignore[attr-defined]
+    def scores(self, p: SynFlowParams, ctx, model, current) -> scoring.Scores:
+        in_shape = tuple(ctx.data.in_shape)
+        return init_scores.synflow_iterative(model, in_shape, p.density, p.rounds, p.scope,
+                                             names=list(current), current=current)
