@@ -19,6 +19,8 @@ parity, b16 speedup and speedup / MACs ratio. Models above --max-params paramete
 an interrupted run resumes (--fresh starts over).
 
   .venv/bin/python bench/coverage.py                         # every model, ~1-2 h
+  for m in $(python -c "import torchvision as t; print(*t.models.list_models(module=t.models))")
+  do flock /tmp/compress-heavy.lock .venv/bin/python bench/coverage.py --models $m; done
   .venv/bin/python bench/coverage.py --models resnet18,vit_b_16 --rounds 10
   .venv/bin/python bench/coverage.py --quick                 # 3 small models, < 2 min
 """
@@ -100,10 +102,10 @@ def run_compress(model, x, args, path: Path) -> dict:
     from compress.core.shrink import reference, shrink
     from compress.core.structure import count_macs
     from compress.export.onnx import check_parity, export_onnx
-    from compress.methods.structured import L1FilterParams, l1filter
+    from compress.methods.structured import L1Filter, L1FilterParams
     started = time.perf_counter()
-    result = l1filter(L1FilterParams(sparsity=args.sparsity, linear=True, finetune="0ep"),
-                      _context(model, x[:1]))
+    result = L1Filter().run(L1FilterParams(sparsity=args.sparsity, linear=True, finetune="0ep"),
+                            _context(model, x[:1]))
     net, spec = shrink(model, result.masks, x)
     if not spec.get("shrunk") and result.architecture is None:
         raise RuntimeError(f"nothing removed: {spec.get('reason')}")
@@ -240,7 +242,9 @@ def main(argv=None) -> None:
             if name in payload["results"] and args.models == "all":
                 continue  # resuming; a model named on the command line runs again
             log(f"{name}: pruning, exporting, timing")
-            payload["results"][name] = run_model(name, args, Path(tmp))
+            run = provenance()  # per model: a long run is many processes, one lock each
+            payload["results"][name] = {**run_model(name, args, Path(tmp)), "run": {
+                k: run[k] for k in ("command", "date", "loadavg_start", "git_head") if k in run}}
             r = payload["results"][name]
             log(f"{name}: compress {'ok' if r.get('compress', {}).get('works') else 'no'}, "
                 f"torch-pruning {'ok' if r.get('torch_pruning', {}).get('works') else 'no'}")

@@ -83,13 +83,13 @@ def _context(model, example):
 def channel_masks_at(name: str, sparsity: float, example: torch.Tensor, round_to: int = 1):
     """The model at dense init, pruned by l1filter at `sparsity` (masks applied, or cut), its
     masks and the result's channel density."""
-    from compress.methods.structured import L1FilterParams, l1filter
+    from compress.methods.structured import L1Filter, L1FilterParams
     from compress.models.base import build_model
     torch.manual_seed(0)
     model = build_model(f"torchvision:{name}", {}, tuple(example.shape[1:]), 1000).eval()
     params = L1FilterParams(sparsity=sparsity, coupled=True, linear=True, finetune="0ep",
                             round_to=round_to)
-    result = l1filter(params, _context(model, example))
+    result = L1Filter().run(params, _context(model, example))
     return model.eval(), result.masks, result
 
 
