@@ -157,7 +157,10 @@ def run_model(name: str, args, work: Path) -> dict:
     from compress.core.structure import count_macs
     from compress.export.onnx import export_onnx, ort_latencies
     size = max(args.size, MIN_SIZE.get(name, 0))
-    dense = _build(name, size)
+    try:
+        dense = _build(name, size)
+    except Exception as e:  # e.g. vit_h_14: 14x14 patches do not tile 64x64
+        return {"model": name, "size": size, "skipped": f"cannot build: {_one_line(e)}"}
     params = sum(p.numel() for p in dense.parameters())
     row: dict = {"model": name, "size": size, "params": params}
     if params > args.max_params:
@@ -209,7 +212,8 @@ def table(results: dict) -> str:
     rows = []
     for name, r in results.items():
         if "skipped" in r:
-            rows.append([name, r["size"], f"skipped: {r['skipped']}", "", "", "", "", "", "", ""])
+            rows.append([name, r["size"], f"skipped: {r['skipped'][:70]}", "", "", "", "", "",
+                         "", ""])
             continue
         rows.append([name, r["size"], *_cell(r.get("compress")), *_cell(r.get("torch_pruning"))])
     return markdown_table(header, rows)
