@@ -86,6 +86,19 @@ def _build(name: str, size: int) -> torch.nn.Module:
     return build_model(f"torchvision:{name}", {}, (3, size, size), 10).eval()
 
 
+def _param_count(name: str, size: int) -> int:
+    import torchvision
+
+    from compress.models.torchvision_models import _builder_kwargs
+    try:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(name, weights=None, num_classes=10,
+                                                 **_builder_kwargs(name, (3, size, size)))
+    except Exception:  # the real build says why
+        return 0
+    return sum(p.numel() for p in model.parameters())
+
+
 def _context(model, example):
     from compress.core.masking import prunable_parameters
     from compress.core.masks import MaskSet
@@ -157,14 +170,15 @@ def run_model(name: str, args, work: Path) -> dict:
     from compress.core.structure import count_macs
     from compress.export.onnx import export_onnx, ort_latencies
     size = max(args.size, MIN_SIZE.get(name, 0))
+    params = _param_count(name, size)
+    if params > args.max_params:  # counted on the meta device: nothing allocated
+        return {"model": name, "size": size, "params": params,
+                "skipped": f"{params / 1e6:.0f}M parameters > --max-params"}
     try:
         dense = _build(name, size)
     except Exception as e:  # e.g. vit_h_14: 14x14 patches do not tile 64x64
         return {"model": name, "size": size, "skipped": f"cannot build: {_one_line(e)}"}
-    params = sum(p.numel() for p in dense.parameters())
     row: dict = {"model": name, "size": size, "params": params}
-    if params > args.max_params:
-        return {**row, "skipped": f"{params / 1e6:.0f}M parameters > --max-params"}
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     row["macs"] = count_macs(dense, x[:1])
     paths = {"dense": work / f"{name}-dense.onnx"}
