@@ -90,11 +90,13 @@ def _param_count(name: str, size: int) -> int:
     import torchvision
 
     from compress.models.torchvision_models import _builder_kwargs
+    kwargs = _builder_kwargs(name, (3, size, size))
     try:
         with torch.device("meta"):
-            model = torchvision.models.get_model(name, weights=None, num_classes=10,
-                                                 **_builder_kwargs(name, (3, size, size)))
-    except Exception:  # the real build says why
+            model = torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs)
+    except NotImplementedError:  # an init that reads values (regnet): build for real
+        model = torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs)
+    except Exception:  # an input size the builder refuses: the real build says why
         return 0
     return sum(p.numel() for p in model.parameters())
 
