@@ -1,19 +1,24 @@
-"""Dense vs channel-pruned ONNX in onnxruntime, for real CNNs, with and without width rounding.
+"""Dense vs channel-pruned ONNX in onnxruntime, for real CNNs and a vision transformer, with and
+without width rounding.
 
 For each torchvision model (random init, 1000 classes, 3x224x224 input) and channel sparsity s:
-  1. the `l1filter` method itself (coupled groups and Linear hidden units included, as
-     Torch-Pruning's default does, no fine-tuning) removes the fraction s of every prunable
-     channel group by filter L1 norm;
-  2. compress.core.channels.shrink_cnn removes the dropped channels physically, keeping per
-     group a multiple of `round_to` (1 = exact widths; 8 and 16 pad with dead channels);
-  3. each variant is exported to ONNX and checked against the masked PyTorch model.
+  1. the `l1filter` method itself (coupled groups, Linear hidden units and attention heads
+     included, as Torch-Pruning's default does, no fine-tuning) removes the fraction s of every
+     prunable channel group by filter L1 norm: masked where a mask removes channels exactly,
+     physically cut where it does not (convnext_tiny's LayerNorms);
+  2. compress.core.shrink removes the dropped channels physically, keeping per group a
+     multiple of `round_to` (1 = exact widths; 8 and 16 pad with dead channels, export.round=up);
+     a physically cut model has no dead channels to pad with, so there l1filter itself keeps
+     multiples of `round_to` (method.round_to); `lat` is export.round=latency: per group,
+     exact / 8 / 16, whichever onnxruntime runs fastest here (compress.export.latency_widths);
+  3. each variant is exported to ONNX and checked against the pruned PyTorch model.
 All variants of a model (dense + sparsities x roundings) are timed round-robin in one process
 with compress.export.onnx.ort_latencies (CPU provider, 2 intra-op threads, spinning off),
 medians over --rounds rounds, at batch 1 and 16. The table: the MAC ratio (dense / this
 variant's own MACs), the measured speedup, and their quotient (1.0 = the speedup the
 multiply-adds promise). Goal: batch-16 quotient >= 0.8, and never slower than dense.
 
-  .venv/bin/python bench/export_speed.py                          # 4 models, ~30-60 min
+  .venv/bin/python bench/export_speed.py                          # 8 models, ~30-60 min
   .venv/bin/python bench/export_speed.py --models resnet18 --rounds 20
   .venv/bin/python bench/export_speed.py --quick                  # < 1 min smoke run
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -32,9 +38,10 @@ import torch  # noqa: E402
 
 from common import RESULTS_DIR, log, markdown_table, provenance, write_json  # noqa: E402
 
-MODELS = ("resnet18", "resnet50", "vgg16_bn", "mobilenet_v2")
+MODELS = ("resnet18", "resnet50", "vgg16_bn", "mobilenet_v2", "efficientnet_b0",
+          "convnext_tiny", "resnext50_32x4d", "vit_b_16")
 SPARSITIES = (0.3, 0.5, 0.7)
-ROUNDINGS = (1, 8, 16)
+ROUNDINGS = ("1", "8", "16")
 
 
 def parse_args(argv=None):
@@ -42,19 +49,21 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)))
-    ap.add_argument("--round-to", default=",".join(map(str, ROUNDINGS)))
+    ap.add_argument("--round-to", default=",".join(ROUNDINGS),
+                    help="comma-separated: a multiple, or lat (latency-aware widths)")
     ap.add_argument("--size", type=int, default=224, help="input height = width")
     ap.add_argument("--rounds", type=int, default=20, help="round-robin rounds at batch 16")
     ap.add_argument("--rounds-b1", type=int, default=60, help="round-robin rounds at batch 1")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     ap.add_argument("--quick", action="store_true", help="resnet18 at 64x64, 3 rounds")
+    ap.add_argument("--fresh", action="store_true", help="ignore results already in --out")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.quick:
         args.models, args.size, args.rounds, args.rounds_b1 = "resnet18", 64, 3, 5
     args.models = args.models.split(",")
     args.sparsities = [float(s) for s in args.sparsities.split(",")]
-    args.round_to = [int(r) for r in args.round_to.split(",")]
+    args.round_to = args.round_to.split(",")
     default = "export_speed_quick.json" if args.quick else "export_speed.json"
     args.out = args.out or RESULTS_DIR / default
     return args
@@ -71,20 +80,36 @@ def _context(model, example):
                         progress=False)
 
 
-def channel_masks_at(name: str, sparsity: float, example: torch.Tensor):
-    """The model at dense init and the l1filter masks at `sparsity` (masks applied)."""
-    from compress.methods.structured import L1FilterParams, l1filter
+def channel_masks_at(name: str, sparsity: float, example: torch.Tensor, round_to: int = 1):
+    """The model at dense init, pruned by l1filter at `sparsity` (masks applied, or cut), its
+    masks and the result's channel density."""
+    from compress.methods.structured import L1Filter, L1FilterParams
     from compress.models.base import build_model
     torch.manual_seed(0)
     model = build_model(f"torchvision:{name}", {}, tuple(example.shape[1:]), 1000).eval()
-    params = L1FilterParams(sparsity=sparsity, coupled=True, linear=True, finetune="0ep")
-    result = l1filter(params, _context(model, example))
-    return model, result.masks, result.info["channel_density"]
+    params = L1FilterParams(sparsity=sparsity, coupled=True, linear=True, finetune="0ep",
+                            round_to=round_to)
+    result = L1Filter().run(params, _context(model, example))
+    return model.eval(), result.masks, result
+
+
+def _variant(name: str, s: float, r: str, example: torch.Tensor, pruned):
+    """(shrunk module, spec, reference) of one rounding of one pruned model."""
+    from compress.core.shrink import reference, shrink
+    model, masks, result = pruned
+    if result.architecture is not None and r not in ("1", "lat"):  # cut: the method rounds
+        model, masks, result = channel_masks_at(name, s, example, int(r))
+    widths = None
+    if r == "lat":
+        from compress.export.latency_widths import measured_widths
+        widths = measured_widths(model, masks, example, rounds=5)
+    net, spec = shrink(model, masks, example, round_to=1 if r == "lat" else int(r),
+                       rounding="up", widths=widths)
+    return net, spec, reference(model, spec, example), result
 
 
 def variants(name: str, args, work: Path) -> tuple[list[dict], list[Path]]:
     """Every variant of one model exported to ONNX, parity-checked; rows and paths."""
-    from compress.core.channels import shrink_cnn
     from compress.core.structure import count_macs
     from compress.export.onnx import check_parity, export_onnx
     from compress.models.base import build_model
@@ -98,22 +123,25 @@ def variants(name: str, args, work: Path) -> tuple[list[dict], list[Path]]:
     rows[0]["onnx_bytes"] = paths[0].stat().st_size
     del dense
     for s in args.sparsities:
-        model, masks, channel_density = channel_masks_at(name, s, example)
+        pruned = channel_masks_at(name, s, example)
         for r in args.round_to:
-            net, spec = shrink_cnn(model, example, masks, round_to=r)
+            net, spec, ref, result = _variant(name, s, r, example, pruned)
             path = export_onnx(net, example, work / f"{name}-s{s}-r{r}.onnx")
-            err = check_parity(path, model, example, rtol=1e-4)
+            err = check_parity(path, ref, example, rtol=1e-4)
+            pruning = result.info["pruning"]
             rows.append({"variant": f"s{s}-r{r}", "sparsity": s, "round_to": r,
-                         "channel_density": channel_density,
-                         "kept_channels": spec["channels"]["kept"],
-                         "total_channels": spec["channels"]["total"],
-                         "params": spec["params"]["shrunk"], "macs": spec["macs"]["shrunk"],
-                         "onnx_bytes": path.stat().st_size, "parity_rel_error": err})
+                         "channel_density": result.info["channel_density"],
+                         "channel_sparsity": pruning["achieved"].get("channel_sparsity"),
+                         "physical": pruning["physical"],
+                         "params": sum(p.numel() for p in net.parameters()),
+                         "macs": count_macs(net, example[:1]),
+                         "onnx_bytes": path.stat().st_size, "parity_rel_error": err,
+                         "widths": {g["group"]: g["kept"] for g in spec.get("groups", [])}})
             paths.append(path)
-            log(f"{name} s={s} round_to={r}: {spec['channels']['kept']}/"
-                f"{spec['channels']['total']} channels, MACs {spec['macs']['shrunk']:,}")
-            del net
-        del model, masks
+            log(f"{name} s={s} round_to={r}: channel sparsity "
+                f"{pruning['achieved'].get('channel_sparsity', 0):.2f}, MACs {rows[-1]['macs']:,}")
+            del net, ref
+        del pruned
         gc.collect()
     return rows, paths
 
@@ -134,12 +162,12 @@ def time_model(rows: list[dict], paths: list[Path], args) -> None:
 
 
 def table(results: dict) -> str:
-    header = ["model", "sparsity", "round_to", "channels kept", "MAC ratio", "speedup b1",
+    header = ["model", "sparsity", "round_to", "channel sparsity", "MAC ratio", "speedup b1",
               "speedup b16", "b16 speedup / MAC ratio", "b16 ms"]
     out = []
     for name, rows in results.items():
         for r in rows:
-            kept = "" if r["round_to"] is None else f"{r['kept_channels'] / r['total_channels']:.2f}"
+            kept = "" if r["round_to"] is None else f"{r['channel_sparsity']:.2f}"
             out.append([name, r["sparsity"], r["round_to"] or "dense", kept,
                         f"{r['mac_ratio']:.2f}", f"{r['speedup_b1']:.2f}",
                         f"{r['speedup_b16']:.2f}", f"{r['quotient_b16']:.2f}",
@@ -150,10 +178,18 @@ def table(results: dict) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    previous = {}
+    if args.out.exists() and not args.fresh:  # one model per run (and lock) appends here
+        previous = json.loads(args.out.read_text())
     payload = {"provenance": provenance(), "settings": {
-        k: v for k, v in vars(args).items() if k != "out"}, "results": {}}
+        k: v for k, v in vars(args).items() if k != "out"}, "results": previous.get("results", {})}
+    if previous:
+        payload["earlier_runs"] = previous.get("earlier_runs", []) + [
+            {"provenance": previous["provenance"], "models": list(previous["results"])}]
     with tempfile.TemporaryDirectory(prefix="export-speed-") as tmp:
         for name in args.models:
+            if name in payload["results"]:
+                continue
             work = Path(tmp) / name
             work.mkdir()
             rows, paths = variants(name, args, work)

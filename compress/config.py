@@ -72,15 +72,25 @@ class ExportConfig(Strict):
     shrink: bool | Literal["auto"] = Field(
         "auto", description="physically remove dead units: auto = where the model supports it")
     round_to: int | Literal["auto"] = Field(
-        8, description="CNN shrink: channels kept per group rounded up to a multiple of this "
-                       "(dead ones fill in; 1 = off); auto: whichever of 1, 8, 16 runs fastest "
-                       "in onnxruntime here at batch 16")
+        8, description="shrink: channels kept per group rounded to a multiple of this (dead "
+                       "ones fill in; 1 = off), as export.round says; auto: whichever of 1, 8, "
+                       "16 runs fastest in onnxruntime here at batch 16")
+    round: Literal["budget", "up", "down", "nearest", "latency"] = Field(
+        "budget", description="widths: budget = round up cheapest-first while MACs stay within "
+                              "round_budget of exact widths; up = always up (exact, may cancel "
+                              "pruning); down / nearest = also drop live channels (smallest "
+                              "filters); latency = per group, exact / next 8 / next 16, "
+                              "whichever onnxruntime runs fastest here (slow: times the model "
+                              "once per candidate)")
+    round_budget: float = Field(0.1, ge=0, description="budget: extra MACs allowed for "
+                                                       "rounding, as a fraction")
     rtol: float = Field(1e-5, gt=0, description="max relative error of ONNX vs PyTorch")
     parity_samples: int = Field(256, ge=1)
     opset: int | None = None
     exporter: Exporter = Field(
-        "torchscript", description="torch.onnx.export path: torchscript (0.1-0.3 s for the "
-                                   "CPNA MLP) or dynamo (torch's default, 2-8 s there)")
+        "auto", description="torch.onnx.export path: torchscript (0.1-0.3 s for the CPNA MLP), "
+                            "dynamo (torch's default, 2-8 s there), or auto: torchscript, and "
+                            "dynamo where torchscript cannot express an op")
     registry_name: str | None = Field(None, description="register the ONNX model under this name")
     alias: str = "candidate"
     providers: list[str] = Field(

@@ -15,9 +15,9 @@ def stage_json(record: dict) -> dict:
     out = {k: record.get(k) for k in ("run_id", "stage", "method", "metrics", "density")}
     out["artifacts"] = _artifacts(record)
     out["reused"] = bool(record.get("reused"))  # a resumed pipeline's finished stage
-    for key in ("registered", "structure", "dense_metrics", "mode", "curve", "export_table",
-                "deployment", "model_ref", "imported", "data_fingerprint", "data_facts",
-                "raw_inputs"):
+    for key in ("registered", "structure", "pruning", "dense_metrics", "mode", "curve",
+                "export_table", "deployment", "model_ref", "imported", "data_fingerprint",
+                "data_facts", "raw_inputs"):
         if key in record:
             out[key] = record[key]
     return out
@@ -84,8 +84,19 @@ def stage_table(record: dict, dense: dict | None = None) -> None:
         if kept is not None:
             t.add_row(label, *([_fmt(total)] if dense else []), _fmt(kept))
     t.add_row("density", *(["1.0000"] if dense else []), _fmt(record.get("density")))
+    pruning = record.get("pruning")
+    for key, label in (("channel_sparsity", "channel sparsity"), ("heads_sparsity",
+                                                                   "head sparsity")):
+        if pruning and key in pruning["achieved"]:
+            t.add_row(f"{label} (asked {pruning['requested'][key]:.2f})",
+                      *(["0.0000"] if dense else []), _fmt(pruning["achieved"][key]))
+    if pruning:
+        t.add_row("MACs ratio (dense / pruned)", *(["1.00x"] if dense else []),
+                  f"{pruning['achieved']['macs_ratio']:.2f}x")
     console = Console()
     console.print(t)
+    if pruning and pruning.get("note"):
+        console.print(f"[yellow]not as asked[/yellow]  {pruning['note']}")
     export_details(console, record)
     console.print(f"output  {record['out_dir']}")
     console.print(f"run id  {record['run_id']}  ({record.get('tracking')})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Exporter = Literal["torchscript", "dynamo"]
+Exporter = Literal["auto", "torchscript", "dynamo"]
 Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static"]
 RetrainMode = Literal["finetune", "rewind", "reinit", "scratch_e", "scratch_b", "random_prune"]
 Scope = Literal["layerwise", "global"]

@@ -51,7 +51,7 @@ def test_dropped_channels_are_removed_and_the_output_is_unchanged(name, opts):
     assert groups, name
     drop = _random_drop(groups, 0.4)
     masks = ch.channel_masks(model, x, drop, groups)
-    net, spec = ch.shrink_cnn(model, x, masks, round_to=1)
+    net, spec = ch.shrink_channels(model, x, masks, round_to=1)
     masked = _model(name, opts)
     apply_masks(masked, masks)
     with torch.no_grad():
@@ -83,7 +83,7 @@ def test_rounding_keeps_multiples_and_pads_with_dead_channels(round_to):
     x = torch.randn(2, *SHAPE)
     groups = ch.channel_groups(model, x)
     masks = ch.channel_masks(model, x, _random_drop(groups, 0.37, seed=1), groups)
-    net, spec = ch.shrink_cnn(model, x, masks, round_to=round_to)
+    net, spec = ch.shrink_channels(model, x, masks, round_to=round_to)
     for s in spec["groups"]:
         alive = s["original"] - s["dead"]
         assert s["kept"] % round_to == 0 and alive <= s["kept"] < alive + round_to
@@ -124,7 +124,7 @@ def test_unread_channels_go_and_constant_read_channels_stay():
     masks["head.weight"].view(3, 5, 16)[:, 4] = False  # channel b4: unread after the flatten
     dead = ch.dead_channels(net, x, masks)
     assert dead == {"a": [2], "b": [4]}
-    small, spec = ch.shrink_cnn(net, x, masks, round_to=1)
+    small, spec = ch.shrink_channels(net, x, masks, round_to=1)
     assert (small.a.out_channels, small.b.out_channels, small.head.in_features) == (5, 4, 64)
     ref = _Chain()
     ref.load_state_dict(net.state_dict())
@@ -156,15 +156,38 @@ def test_bad_channel_requests_are_one_line_user_errors():
     with pytest.raises(UserError, match="out of range"):
         ch.channel_masks(model, x, {"features.0": [99]})
     with pytest.raises(UserError, match="round_to must be >= 1"):
-        ch.shrink_cnn(model, x, None, round_to=0)
+        ch.shrink_channels(model, x, None, round_to=0)
 
 
-@pytest.mark.parametrize("layer", [nn.LayerNorm([4, 8, 8]), nn.ConvTranspose2d(4, 4, 1)],
-                         ids=["layernorm", "convtranspose"])
-def test_unsupported_layers_are_named_with_the_masks_only_option(layer):
+@pytest.mark.parametrize("layer,reason", [
+    (nn.LayerNorm([4, 8, 8]), "LayerNorm '1' normalises them together with other dims"),
+    (nn.ConvTranspose2d(4, 4, 1), "its channels pass through ConvTranspose2d '1'")],
+    ids=["layernorm", "convtranspose"])
+def test_layers_the_shrink_cannot_cut_leave_their_group_whole_with_the_reason(layer, reason):
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), layer, nn.Flatten(), nn.Linear(256, 2))
-    with pytest.raises(ch.ShrinkUnsupported, match=r"layer '1'.*export.shrink=false"):
-        ch.shrink_cnn(model, torch.randn(1, 3, 8, 8))
+    x = torch.randn(1, 3, 8, 8)
+    masks = {"0.weight": torch.ones(4, 3, 3, 3, dtype=torch.bool)}
+    masks["0.weight"][1] = False
+    _, spec = ch.shrink_channels(model, x, masks, round_to=1)
+    assert spec["left_whole"]["0"] == reason
+    assert spec["channels"]["kept"] == spec["channels"]["total"]
+
+
+class _Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x) if x.sum() > 0 else -self.conv(x)  # data-dependent: fx cannot trace
+
+
+def test_a_model_fx_cannot_trace_is_named_with_the_masks_only_option():
+    from compress.core.shrink import shrink
+    with pytest.raises(ch.ShrinkUnsupported, match=r"cannot trace _Branchy.*export.shrink=false"):
+        shrink(_Branchy(), None, torch.randn(1, 3, 8, 8), strict=True)
+    model, spec = shrink(_Branchy(), None, torch.randn(1, 3, 8, 8))
+    assert spec["shrunk"] is False and "cannot trace _Branchy" in spec["reason"]
 
 
 def test_shrunk_models_export_to_onnx_with_parity(tmp_path):
@@ -174,7 +197,7 @@ def test_shrunk_models_export_to_onnx_with_parity(tmp_path):
         x = torch.randn(4, *SHAPE)
         groups = ch.channel_groups(model, x)
         masks = ch.channel_masks(model, x, _random_drop(groups, 0.5, seed=2), groups)
-        net, spec = ch.shrink_cnn(model, x, masks)
+        net, spec = ch.shrink_channels(model, x, masks)
         path = export_onnx(net, x[:2], tmp_path / f"{name.split(':')[1]}.onnx")
         apply_masks(model, masks)
         assert check_parity(path, model, x, rtol=1e-5) <= 1e-5

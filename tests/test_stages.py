@@ -87,9 +87,12 @@ def test_export_refuses_shrink_of_unsupported_model(pruned, tmp_path):
     env, cfg, pre, pr = pruned
     other = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
     x = torch.randn(2, 6)
-    with pytest.raises(UserError, match=r"layer '1' \(LayerNorm\).*export.shrink=false"):
-        _deployable(resolve(TINY, {"export": {"shrink": True}}), other, None, x)
-    assert _deployable(cfg, other, None, x)[0] is other  # auto: masks only where shrink can't go
+    dead = {"0.weight": torch.ones(4, 6, dtype=torch.bool), "2.weight": torch.ones(1, 4, dtype=torch.bool)}
+    dead["2.weight"][0, 1] = False  # unit 1 of layer 0 is read by nobody, but LayerNorm counts it
+    with pytest.raises(UserError, match=r"dead channels of '0': LayerNorm '1' normalises over "
+                                        r"them.*export.shrink=false"):
+        _deployable(resolve(TINY, {"export": {"shrink": True}}), other, dead, x)
+    assert _deployable(cfg, other, dead, x)[0] is other  # auto: masks only where shrink can't go
     masked_only = resolve(TINY, {"export": {"shrink": False}})
     assert _deployable(masked_only, other, None, x)[0] is other
     rec = run_one("export", masked_only, env, pr, tmp_path / "ex2")

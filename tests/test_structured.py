@@ -13,7 +13,7 @@ from compress.core.masking import prunable_parameters
 from compress.core.masks import MaskSet
 from compress.errors import UserError
 from compress.methods.base import PruneContext
-from compress.methods.structured import BNScalePenalty, L1Filter, Slimming
+from compress.methods.structured import BNScalePenalty, L1Filter, L1FilterParams, Slimming
 
 l1filter, slimming = L1Filter(), Slimming()
 from compress.stages.runner import build, load_data
@@ -47,7 +47,7 @@ def _dropped(result, group: str) -> list[int]:
 
 def test_l1filter_prunes_each_blocks_first_conv_by_filter_norm():
     result, ctx, before = _run(l1filter, RESNET, {"name": "l1filter", "sparsity": 0.3,
-                                                  "finetune": "0ep"})
+                                                  "coupled": False, "finetune": "0ep"})
     chosen = result.info["channels"]
     assert sorted(chosen) == [f"blocks.{i}.conv1" for i in range(9)]  # Li et al.'s ResNet rule
     for name, c in chosen.items():
@@ -61,6 +61,20 @@ def test_l1filter_prunes_each_blocks_first_conv_by_filter_norm():
     # Residual-tied outputs (conv2 of each block, the stem) keep every channel.
     assert result.masks["blocks.0.conv2.weight"].flatten(1).any(1).all()
     assert result.masks["conv.weight"].all()
+    pruning = result.info["pruning"]  # 9 x 30% of 336 block channels, of 448 in all
+    assert pruning["achieved"]["channel_sparsity"] == pytest.approx(102 / 448)
+    assert "note" not in pruning  # within 0.1 of the requested 0.3
+
+
+def test_far_from_the_requested_sparsity_the_report_says_what_stayed_whole():
+    result, *_ = _run(l1filter, RESNET, {"name": "l1filter", "sparsity": 0.6, "coupled": False,
+                                         "finetune": "0ep"})
+    pruning = result.info["pruning"]
+    assert pruning["achieved"]["channel_sparsity"] == pytest.approx(201 / 448)
+    assert pruning["note"].startswith("channel sparsity 0.45 vs 0.60 requested; left whole: ")
+    assert "conv: tied to 4 layers by residual sums (method.coupled=true prunes it)" in \
+        pruning["note"]
+    assert pruning["macs"]["pruned"] < pruning["macs"]["dense"]
 
 
 def test_l1filter_coupled_prunes_residual_groups_by_their_summed_norms():
@@ -85,7 +99,7 @@ def test_pruned_channels_stay_exactly_zero_and_the_export_removes_them():
         assert torch.all(bn.weight[gone] == 0) and torch.all(bn.bias[gone] == 0)
     assert result.masks.density() < 0.7
     x = ctx.data.test.x[:8]
-    net, spec = ch.shrink_cnn(model, x, result.masks, round_to=1)
+    net, spec = ch.shrink_channels(model, x, result.masks, round_to=1)
     assert [s["kept"] for s in spec["groups"][:2]] == [4, 4]
     with torch.no_grad():
         assert torch.allclose(net.eval()(x), model.eval()(x), rtol=1e-5, atol=1e-6)
@@ -97,7 +111,7 @@ def test_layer_sparsity_keep_dense_and_rounding():
                                        "keep_dense": ["features.0"]})
     assert result.info["channels"] == {"features.3": {"kept": 6, "total": 8}}
     result, *_ = _run(l1filter, RESNET, {"name": "l1filter", "sparsity": 0.3, "finetune": "0ep",
-                                         "round_to": 8})
+                                         "coupled": False, "round_to": 8})
     assert {c["kept"] for c in result.info["channels"].values()} == {8, 24, 48}  # 11, 22, 45
 
 
@@ -105,7 +119,9 @@ def test_layer_sparsity_keep_dense_and_rounding():
     ({"sparsity": 0.95}, r"method.sparsity=0.95 would remove all 8 channels of layer 'features.0'"),
     ({"sparsity": 0.95, "round_to": 4}, r"would remove all 8 channels of layer 'features.0'"),
     ({"layer_sparsity": {"features.3": 1.0}}, r"layer_sparsity\['features.3'\]=1 must be in \[0, 1\)"),
-    ({"layer_sparsity": {"classifier.0": 0.5}}, "not a layer l1filter prunes"),
+    ({"layer_sparsity": {"classifier.0": 0.5}}, r"not a layer l1filter prunes \(its group stays "
+                                                r"whole: Linear hidden units \(method.linear"),
+    ({"layer_sparsity": {"classifier.4": 0.5}}, r"whole: it is the model's output"),
     ({"keep_dense": ["nope"]}, "no layer named 'nope'"),
 ])
 def test_l1filter_bad_options_are_refused_before_anything_runs(method, match):
@@ -170,3 +186,81 @@ def test_slimming_needs_batchnorm():
     p, ctx = _ctx({"model": {"name": "conv2", "width": 0.125}}, {"name": "slimming"})
     with pytest.raises(UserError, match="affine BatchNorm.*l1filter"):
         slimming.check(p, ctx)
+
+
+# ---------------------------------------------------------------- physical pruning and reports
+def _image_ctx(model: nn.Module, shape=(3, 16, 16), n: int = 64):
+    from compress.config import TrainConfig
+    from compress.data.base import DataBundle, Split
+    gen = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(n, *shape, generator=gen), torch.randint(0, 5, (n,), generator=gen))
+    data = DataBundle("random", split, split, split, 5, shape)
+    return PruneContext(model, data, TrainConfig(batch_size=32, duration="1ep"),
+                        MaskSet.ones_like(prunable_parameters(model)), 0, progress=False)
+
+
+def _tiny(name: str) -> nn.Module:
+    from tests.test_chgraph import _build
+    return _build(name)[0].train()
+
+
+def test_layernorm_models_are_cut_physically_and_the_smaller_model_is_fine_tuned():
+    from tests.test_chgraph import ConvNeXtish
+    model = _tiny("layernorm2d")
+    ctx = _image_ctx(model)
+    p = L1FilterParams(sparsity=0.5, finetune="1ep")
+    result = l1filter.run(p, ctx)
+    assert result.architecture is not None
+    kept = {name: g["kept"] for name, g in result.info["channels"].items()}
+    assert kept == {"stem.0": 4, "mlp.0": 8, "down.1": 6}
+    assert (model.stem[0].out_channels, model.stem[1].normalized_shape, model.mlp[0].out_features,
+            model.down[1].out_channels) == (4, (4,), 8, 6)
+    params = dict(model.named_parameters())
+    assert all(m.shape == params[n].shape for n, m in result.masks.items())
+    pruning = result.info["pruning"]
+    assert pruning["physical"] and pruning["achieved"]["channel_sparsity"] == pytest.approx(0.5)
+    assert pruning["achieved"]["macs_ratio"] > 2 and "note" not in pruning
+    # The recorded step rebuilds the trained model from a fresh base model.
+    from compress.core.surgery import apply, compose
+    torch.manual_seed(3)
+    rebuilt = apply(ConvNeXtish(), compose(None, result.architecture), ctx.data.train.x[:1])
+    rebuilt.load_state_dict(model.state_dict())
+
+
+def test_masks_stay_where_they_are_exact_and_physical_true_cuts_anyway():
+    model = _tiny("se-sigmoid")
+    result = l1filter.run(L1FilterParams(sparsity=0.5, finetune="0ep"), _image_ctx(model))
+    assert result.architecture is None and not result.info["pruning"]["physical"]
+    assert model.expand[0].out_channels == 16 and result.masks.density() < 0.6
+    model = _tiny("se-sigmoid")
+    result = l1filter.run(L1FilterParams(sparsity=0.5, finetune="0ep", physical=True),
+                      _image_ctx(model))
+    assert result.architecture is not None and model.expand[0].out_channels == 8
+    assert model.se.fc2.out_channels == 8 and result.masks.density() == 1.0
+
+
+def test_grouped_convs_are_pruned_per_group_and_the_report_is_honest():
+    model = _tiny("grouped")
+    result = l1filter.run(L1FilterParams(sparsity=0.5, coupled=False, finetune="0ep"),
+                      _image_ctx(model))
+    assert result.info["channels"]["a.0"] == {"kept": 8, "total": 16}
+    w = result.masks["b.0.weight"]  # grouped conv: 2 of 4 input slots alive in every group
+    assert [int(w[4 * g:4 * g + 4].flatten(2).any(2).any(0).sum()) for g in range(4)] == [2] * 4
+    pruning = result.info["pruning"]  # stem + c are tied by the residual: left whole
+    assert pruning["requested"]["channel_sparsity"] == 0.5
+    assert pruning["achieved"]["channel_sparsity"] == pytest.approx(16 / 40)
+    assert "coupled=true" in pruning["left_whole"]["stem.0"] and "note" not in pruning
+
+
+def test_vit_prunes_heads_and_mlp_units_with_masks():
+    model = _tiny("vit-heads")
+    result = l1filter.run(L1FilterParams(sparsity=0.5, heads=0.25, finetune="0ep"),
+                      _image_ctx(model))
+    chosen = result.info["channels"]
+    assert chosen["encoder.layers.encoder_layer_0.self_attention.heads"] == {"kept": 3, "total": 4}
+    assert chosen["encoder.layers.encoder_layer_1.mlp.0"] == {"kept": 24, "total": 48}
+    rows = result.masks["encoder.layers.encoder_layer_0.self_attention.in_proj_weight"]
+    assert int(rows.any(1).sum()) == 3 * 3 * 8  # q, k, v rows of 3 heads of 8 dims
+    pruning = result.info["pruning"]
+    assert pruning["achieved"]["heads_sparsity"] == 0.25
+    assert "fixed width 32" in pruning["left_whole"]["conv_proj"]

@@ -163,7 +163,7 @@ def test_conv_net_channel_masks_and_method_on_fake_images():
     for n, m in result.masks.items():
         assert torch.all(params[n][~m] == 0)
     # The winner's removed channels and units read nothing downstream: the export drops them.
-    from compress.core.channels import shrink_cnn
+    from compress.core.channels import shrink_channels as shrink_cnn
     net, spec = shrink_cnn(model, data.test.x[:4], result.masks, round_to=1)
     assert [s["kept"] for s in spec["groups"]] == [5, 5, 19, 19]
     with torch.no_grad():

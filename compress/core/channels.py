@@ -1,57 +1,37 @@
-"""Channel groups of a CNN, channel masks, dead channels, and the structural shrink.
+"""Channel groups, channel masks, dead channels, and the verified channel shrink.
 
-Torch-Pruning's DependencyGraph says which channels are coupled: a conv's output channel, its
-BatchNorm, every conv added to it in a residual sum, the depthwise conv that reads it and the
-input slice of every consumer (including the classifier after a flatten) must go together.
-This module decides WHICH channels go - only those whose output is provably zero - and checks
-the result; Torch-Pruning only does the surgery.
+The groups come from compress.core.chgraph: a conv's output channel, its BatchNorm, every
+layer added to it in a residual sum, a gate multiplying it, the depthwise conv reading it and
+the input slice of every consumer (the classifier after a flatten included) go together; an
+attention layer's heads form a group of their own. This module turns groups into masks, finds
+the channels a mask has killed, and removes them physically (compress.core.surgery), checking
+the result against the masked model.
 
-A channel is dead when removing it cannot change the output, for one of two reasons:
-- nothing produces it: every parameter slice that produces it (conv/linear filter and bias,
-  BatchNorm gamma and beta, depthwise filter) is exactly zero in every coupled layer, and each
-  non-affine BatchNorm in the group has running mean 0 there. In eval mode it is then exactly
-  0, and every op on its path (ReLU-like activations, sums, pooling, concat) keeps it 0;
-- nothing reads it: every consumer's weight slice that reads it (the next conv's input
-  channel, the classifier's columns after a flatten) is exactly zero. Whatever its value, it
-  adds nothing (e.g. a unit whose outgoing weights were all pruned, whose bias is alive).
-Groups whose channels pass through anything else (sigmoid, channel shuffles, grouped convs,
-the model's output) are left whole.
-
-torch_pruning is imported inside the functions: importing this module stays cheap.
+A unit is dead when removing it cannot change the output, for one of two reasons:
+- nothing produces it: every parameter slice producing it (filter and bias, BatchNorm or
+  LayerNorm scale and shift, a per-channel parameter added or multiplied in, a head's query,
+  key and value rows) is zero after masking, each non-affine BatchNorm has running mean 0
+  there, and the analysis proved that zero reaches every reader as zero (ReLU-like
+  activations, sums, pooling, concat keep it; a gate multiplying it keeps the product zero);
+- nothing reads it: every consumer slice reading it is zero.
+Only exact groups qualify (no LayerNorm, softmax or mean across their channels: removing a
+channel there changes the statistics of the others); the rest are left whole with the reason.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import warnings
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from compress.core.chgraph import ChannelGraph, GraphUnsupported, Group, Member, analyse
 from compress.errors import UserError
 
 SHRINK_HINT = "export with masks only (--set export.shrink=false)"
-
-# Modules whose parameters/behaviour the dead-channel rule understands: zero in, zero out.
-_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
-           nn.BatchNorm3d)
-_ZERO_PRESERVING = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Tanh,
-                    nn.ELU, nn.Mish, nn.Hardtanh, nn.Identity, nn.Flatten, nn.Dropout,
-                    nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.MaxPool1d, nn.MaxPool2d,
-                    nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-                    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-# Autograd ops a dead (all-zero) channel may pass through and stay all zero, per channel.
-_SAFE_OPS = frozenset(
-    f"{op}Backward0" for op in (
-        "Relu", "Hardtanh", "LeakyRelu", "Silu", "Gelu", "Hardswish", "Tanh", "Elu", "Mish",
-        "Add", "Mul", "MaxPool2DWithIndices", "MaxPool3DWithIndices", "AvgPool2D", "AvgPool3D",
-        "AdaptiveAvgPool2D", "AdaptiveAvgPool3D", "AdaptiveMaxPool2D", "AdaptiveMaxPool3D",
-        "T", "Clone", "Squeeze", "Unsqueeze")
-) | {"SqueezeBackward1", "UnsqueezeBackward1", "SqueezeBackward2"}
+ChannelGroup = Group
 
 
 class ShrinkError(UserError):
@@ -59,187 +39,7 @@ class ShrinkError(UserError):
 
 
 class ShrinkUnsupported(ShrinkError):
-    """The model has a layer or op the channel shrink does not handle."""
-
-
-@dataclass
-class ChannelGroup:
-    """Channels that can only be removed together, indexed as the output channels of `name`.
-
-    `out_params` maps every parameter whose slices along that dim PRODUCE the group's channels to
-    the dim; `index[param]` gives, for each channel 0..size-1, its slice along that dim (-1: this
-    parameter has none): the identity except after a concat. `in_params` maps the consumers'
-    weights whose slices READ the channels to that dim, and `in_index[param]` gives the channel
-    each slice reads (-1: another group's), several slices per channel after a flatten. `layers`
-    are the conv/linear modules whose outputs are in the group.
-    """
-
-    name: str
-    size: int
-    out_params: dict[str, int]
-    in_params: dict[str, int]
-    layers: list[str]
-    index: dict[str, torch.Tensor] = field(repr=False)
-    in_index: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    # Running means of non-affine BatchNorms: a channel is only dead where they are 0.
-    zero_buffers: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
-
-
-def check_supported(model: nn.Module, hint: str = SHRINK_HINT) -> None:
-    """ShrinkUnsupported naming the first module the dead-channel rule does not cover; `hint`
-    says what the user can do instead."""
-    for name, mod in model.named_modules():
-        own_state = any(True for _ in mod.parameters(recurse=False))
-        container = isinstance(mod, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
-        leaf = not any(True for _ in mod.children()) and not container
-        if (leaf or own_state) and not isinstance(mod, _LAYERS + _ZERO_PRESERVING):
-            what = "module" if mod is model else f"layer {name!r}"
-            raise ShrinkUnsupported(f"cannot shrink {what} ({type(mod).__name__}): channel shrink "
-                              "handles Conv/Linear/BatchNorm nets with ReLU-like activations, "
-                              f"pooling, sums and concats; {hint}")
-        if isinstance(mod, nn.modules.conv._ConvTransposeNd):
-            raise ShrinkUnsupported(f"cannot shrink layer {name!r} ({type(mod).__name__}); "
-                                    f"{hint}")
-
-
-def _trace(model: nn.Module, example: torch.Tensor, hint: str = SHRINK_HINT):
-    """Torch-Pruning's dependency graph of `model` and the autograd nodes of its outputs."""
-    import torch_pruning as tp
-
-    outputs: list = []
-
-    def forward(module: nn.Module, x: torch.Tensor):
-        outputs.append(module(x))
-        return outputs[-1]
-
-    was_training = model.training
-    try:
-        with torch.enable_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example[:1], forward_fn=forward, verbose=False)
-    except Exception as e:  # tracing internals fail in many ways; the user needs one line
-        raise ShrinkUnsupported(f"cannot trace the channels of {type(model).__name__} with "
-                          f"Torch-Pruning ({_one_line(e)}); {hint}") from e
-    finally:
-        model.train(was_training)
-    flat = outputs[0] if isinstance(outputs[0], (tuple, list)) else [outputs[0]]
-    return graph, [t.grad_fn for t in flat if torch.is_tensor(t)]
-
-
-def _safe_op(grad_fn) -> bool:
-    name = type(grad_fn).__name__ if grad_fn is not None else "None"
-    if name.startswith("MeanBackward"):  # a mean over spatial dims only; never over channels
-        dims = getattr(grad_fn, "_saved_dim", None)
-        ndim = len(getattr(grad_fn, "_saved_self_sym_sizes", ()))
-        return dims is not None and ndim >= 3 and all(d % ndim >= 2 for d in dims)
-    return name in _SAFE_OPS
-
-
-def _slices(pairs: Iterable[tuple[int, int]], size: int) -> torch.Tensor | None:
-    """Slice of each group channel (-1 where none); None unless channel -> slice is one-to-one."""
-    index = torch.full((size,), -1, dtype=torch.long)
-    seen: set[int] = set()
-    for idx, root in pairs:
-        if index[root] not in (-1, idx) or (index[root] == -1 and idx in seen):
-            return None
-        index[root] = idx
-        seen.add(idx)
-    return index
-
-
-def _describe(group, graph, names: dict, outputs: list, order: dict) -> ChannelGroup | str:
-    """A ChannelGroup, or why the group must stay whole."""
-    from torch_pruning import ops
-
-    size = len(group[0].idxs)
-    out_p, in_p, index, in_index, zero_buf, layers = {}, {}, {}, {}, {}, []
-    for item in group:
-        node, mod = item.dep.target, item.dep.target.module
-        produces = graph.is_out_channel_pruning_fn(item.dep.handler)
-        if node.type == ops.OPTYPE.OUTPUT or (produces and any(node.grad_fn is o for o in outputs)):
-            return "it is the model's output"
-        if node.type == ops.OPTYPE.ELEMENTWISE:
-            if not _safe_op(node.grad_fn):
-                return f"its channels pass through {type(node.grad_fn).__name__}"
-            continue
-        if node.type in (ops.OPTYPE.CONCAT, ops.OPTYPE.SPLIT, ops.OPTYPE.RESHAPE, ops.OPTYPE.SLICE):
-            continue
-        if not isinstance(mod, _LAYERS) or mod not in names:
-            return f"its channels pass through {type(mod).__name__}"
-        lname = names[mod]
-        depthwise = node.type == ops.OPTYPE.DEPTHWISE_CONV
-        if getattr(mod, "groups", 1) > 1 and not depthwise:
-            return f"{lname} is a grouped convolution"
-        if produces:
-            slices = _slices(zip(item.idxs, item.root_idxs), size)
-            if slices is None:
-                return f"{lname} produces its channels more than once"
-            for pname, _ in mod.named_parameters(recurse=False):
-                out_p[f"{lname}.{pname}"], index[f"{lname}.{pname}"] = 0, slices
-        elif getattr(mod, "weight", None) is not None:
-            reads = torch.full((mod.weight.shape[1],), -1, dtype=torch.long)
-            reads[torch.tensor(item.idxs, dtype=torch.long)] = torch.tensor(item.root_idxs)
-            in_p[f"{lname}.weight"], in_index[f"{lname}.weight"] = 1, reads
-        if produces and isinstance(mod, nn.modules.batchnorm._BatchNorm) and not mod.affine \
-                and mod.running_mean is not None:
-            zero_buf[f"{lname}.running_mean"] = slices
-        if produces and not isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            layers.append(lname)
-    layers.sort(key=order.__getitem__)
-    return ChannelGroup(layers[0], size, out_p, in_p, layers, index, in_index, zero_buf)
-
-
-def _module(model: nn.Module, name: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if name not in modules:
-        raise UserError(f"no layer named {name!r} in {type(model).__name__}")
-    return modules[name]
-
-
-def _analyse(model: nn.Module, graph, outputs: list, ignore: Sequence[str]
-             ) -> tuple[list[ChannelGroup], dict[str, str]]:
-    """Prunable groups (rooted at their first layer), and the groups left whole with why."""
-    names = {m: n for n, m in model.named_modules()}
-    order = {n: i for i, n in enumerate(names.values())}
-    ignored = [_module(model, n) for n in ignore]
-    groups, whole = [], {}
-    for found in graph.get_all_groups(ignored_layers=ignored):
-        root = names.get(found[0].dep.target.module, "?")
-        desc = _describe(found, graph, names, outputs, order)
-        if isinstance(desc, ChannelGroup) and desc.name != root:
-            # Re-root at the group's first layer so channel i means that layer's channel i.
-            mod = _module(model, desc.name)
-            fn = graph.get_pruner_of_module(mod).prune_out_channels
-            desc = _describe(graph.get_pruning_group(mod, fn, list(range(_out_width(mod)))),
-                             graph, names, outputs, order)
-        if isinstance(desc, str):
-            whole[root] = desc
-        else:
-            groups.append(desc)
-    groups.sort(key=lambda g: order[g.name])
-    return groups, whole
-
-
-def _out_width(mod: nn.Module) -> int:
-    return mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
-
-
-def channel_groups(model: nn.Module, example: torch.Tensor, ignore: Sequence[str] = (),
-                   hint: str = SHRINK_HINT) -> list[ChannelGroup]:
-    """The prunable coupled channel groups of `model`, in module order.
-
-    Groups touching a layer in `ignore`, the model's output, a grouped convolution or an op that
-    does not keep a zero channel zero are left out. ShrinkUnsupported for unsupported modules.
-    """
-    check_supported(model, hint)
-    graph, outputs = _trace(model, _on_device(model, example), hint)
-    return _analyse(model, graph, outputs, ignore)[0]
+    """The model cannot be analysed, or a dead channel cannot be removed (export.shrink=true)."""
 
 
 def _on_device(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
@@ -247,7 +47,38 @@ def _on_device(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     return example.to(param.device) if param is not None else example
 
 
-def groups_by_name(groups: Sequence[ChannelGroup]) -> dict[str, ChannelGroup]:
+def channel_graph(model: nn.Module, example: torch.Tensor, ignore: Sequence[str] = (),
+                  hint: str = SHRINK_HINT) -> ChannelGraph:
+    """The removable groups of `model` and the groups left whole (with why). Groups touching
+    a layer in `ignore` are left whole too. ShrinkUnsupported when it cannot be traced."""
+    modules = dict(model.named_modules())
+    for name in ignore:
+        if name not in modules:
+            raise UserError(f"no layer named {name!r} in {type(model).__name__}")
+    try:
+        graph = analyse(model, _on_device(model, example), hint)
+    except GraphUnsupported as e:
+        raise ShrinkUnsupported(str(e)) from None
+    if ignore:
+        kept = []
+        for g in graph.groups:
+            hit = next((n for n in ignore if any(m.param.startswith(f"{n}.") for m in g.members)),
+                       None)
+            if hit is None:
+                kept.append(g)
+            else:
+                graph.whole[g.name] = f"{hit!r} is kept dense"
+        graph.groups = kept
+    return graph
+
+
+def channel_groups(model: nn.Module, example: torch.Tensor, ignore: Sequence[str] = (),
+                   hint: str = SHRINK_HINT) -> list[Group]:
+    """The removable channel (and head) groups of `model`, in module order."""
+    return channel_graph(model, example, ignore, hint).groups
+
+
+def groups_by_name(groups: Sequence[Group]) -> dict[str, Group]:
     """Groups by their name and by the name of each of their layers."""
     out = {}
     for g in groups:
@@ -256,7 +87,7 @@ def groups_by_name(groups: Sequence[ChannelGroup]) -> dict[str, ChannelGroup]:
     return out
 
 
-def _channel_list(idx, g: ChannelGroup) -> list[int]:
+def _channel_list(idx, g: Group) -> list[int]:
     chans = [int(i) for i in (idx.flatten().tolist() if torch.is_tensor(idx) else idx)]
     bad = [i for i in chans if not 0 <= i < g.size]
     if bad:
@@ -265,17 +96,33 @@ def _channel_list(idx, g: ChannelGroup) -> list[int]:
     return chans
 
 
+def member_mask(m: Member, shape: tuple, units: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of a parameter of `shape`: False on every slice of `m` holding one of
+    `units`."""
+    mask = torch.ones(shape, dtype=torch.bool)
+    hit = torch.isin(m.units, units)
+    if m.groups == 1:
+        mask.index_fill_(m.dim, torch.nonzero(hit).flatten(), False)
+        return mask
+    per_block = len(m.units) // m.groups
+    rows = shape[0] // m.groups
+    for p in torch.nonzero(hit).flatten().tolist():  # grouped conv: slot p % per_block of block
+        b = p // per_block
+        mask[b * rows:(b + 1) * rows, p % per_block] = False
+    return mask
+
+
 def channel_masks(model: nn.Module, example: torch.Tensor,
                   drop: Mapping[str, torch.Tensor | Sequence[int]],
-                  groups: Sequence[ChannelGroup] | None = None,
+                  groups: Sequence[Group] | None = None,
                   consumers: bool = True) -> dict[str, torch.Tensor]:
-    """Boolean masks (True = kept) zeroing every producing slice of the dropped channels and,
-    with `consumers`, every consumer slice that reads them (what the shrink removes with them,
-    so the masks' density and FLOP count are those of the shrunk model).
+    """Boolean masks (True = kept) zeroing every producing parameter slice of the dropped
+    units and, with `consumers`, every consumer slice that reads them (what the shrink removes
+    with them, so the masks' density and FLOP count are those of the shrunk model).
 
-    `drop` maps a group (its name or any of its layers) to channel indices. Only the params of
-    the named groups get masks. UserError for unknown groups and for a drop that would remove
-    every channel of a group.
+    `drop` maps a group (its name or any of its layers) to unit indices. Only parameters get
+    masks (BatchNorm statistics are buffers). UserError for unknown groups and for a drop that
+    would remove every unit of a group.
     """
     groups = channel_groups(model, example) if groups is None else groups
     lookup = groups_by_name(groups)
@@ -295,14 +142,12 @@ def channel_masks(model: nn.Module, example: torch.Tensor,
             raise UserError(f"dropping all {g.size} channels of group {g.name!r} would empty "
                             "it; keep at least one")
         sel = torch.tensor(sorted(chans), dtype=torch.long)
-        for pname, dim in g.out_params.items():
-            mask = masks.setdefault(pname, torch.ones_like(params[pname], dtype=torch.bool))
-            pos = g.index[pname][sel]
-            mask.index_fill_(dim, pos[pos >= 0].to(mask.device), False)
-        for pname, dim in (g.in_params.items() if consumers else ()):
-            mask = masks.setdefault(pname, torch.ones_like(params[pname], dtype=torch.bool))
-            pos = torch.nonzero(torch.isin(g.in_index[pname], sel)).flatten()
-            mask.index_fill_(dim, pos.to(mask.device), False)
+        for m in g.members:
+            if m.param not in params or (not m.produces and not consumers):
+                continue
+            p = params[m.param]
+            mask = member_mask(m, tuple(p.shape), sel).to(p.device)
+            masks[m.param] = masks[m.param] & mask if m.param in masks else mask
     return masks
 
 
@@ -316,38 +161,51 @@ def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
                             f"{tuple(params[name].shape)}")
 
 
-def _nonzero_slices(state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
-                    pname: str, dim: int) -> torch.Tensor:
-    """Per slice of parameter `pname` along `dim`: does it hold a non-zero (after masking)?"""
-    w = state[pname].detach()
-    if pname in masks:
-        w = torch.where(masks[pname].to(w.device, torch.bool), w, torch.zeros_like(w))
-    return (w != 0).movedim(dim, 0).reshape(w.shape[dim], -1).any(1).cpu()
+def _nonzero_positions(m: Member, w: torch.Tensor) -> torch.Tensor:
+    """Per position of member `m`: does its slice of `w` hold a non-zero?"""
+    nz = (w != 0).cpu()
+    if m.groups == 1:
+        return nz.movedim(m.dim, 0).reshape(nz.shape[m.dim], -1).any(1)
+    per_block, rows = len(m.units) // m.groups, nz.shape[0] // m.groups
+    blocks = nz.view(m.groups, rows, per_block, -1).any(3).any(1)  # [block, slot]
+    return blocks.reshape(-1)
+
+
+def _masked(state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+            name: str) -> torch.Tensor:
+    w = state[name].detach()
+    if name in masks:
+        w = torch.where(masks[name].to(w.device, torch.bool), w, torch.zeros_like(w))
+    return w
+
+
+def _mark(flags: torch.Tensor, m: Member, nonzero: torch.Tensor) -> None:
+    own = m.units >= 0
+    flags[m.units[own & nonzero]] = True
 
 
 @torch.no_grad()
-def _alive(g: ChannelGroup, state: Mapping[str, torch.Tensor],
-           masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Channels of `g` that something produces (a non-zero producing slice after masking) AND
-    something reads (a non-zero consumer slice; a group without consumers counts as read)."""
+def alive_units(g: Group, state: Mapping[str, torch.Tensor],
+                masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Units of `g` that something produces (a non-zero producing slice after masking, or any
+    unit of a group whose zeros may not reach its readers as zeros) AND something reads."""
     produced = torch.zeros(g.size, dtype=torch.bool)
-    for pname, dim in g.out_params.items():
-        _mark(produced, g.index[pname], _nonzero_slices(state, masks, pname, dim))
-    for bname, slices in g.zero_buffers.items():
-        _mark(produced, slices, (state[bname] != 0).cpu())
-    if not g.in_params:
-        return produced
     read = torch.zeros(g.size, dtype=torch.bool)
-    for pname, dim in g.in_params.items():
-        chans = g.in_index[pname]
-        hit = chans[(chans >= 0) & _nonzero_slices(state, masks, pname, dim)]
-        read[hit] = True
-    return produced & read
-
-
-def _mark(alive: torch.Tensor, slices: torch.Tensor, nonzero: torch.Tensor) -> None:
-    has = slices >= 0
-    alive[has] |= nonzero[slices[has]]
+    readers = False
+    for m in g.members:
+        if m.param not in state:
+            continue
+        if m.produces:
+            _mark(produced, m, _nonzero_positions(m, _masked(state, masks, m.param)))
+        else:
+            readers = True
+            _mark(read, m, _nonzero_positions(m, _masked(state, masks, m.param)))
+    for bname, units in g.zero_buffers.items():
+        own = units >= 0
+        produced[units[own & (state[bname] != 0).cpu()]] = True
+    if not g.zero_flows:
+        produced[:] = True
+    return produced & read if readers else produced
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -356,18 +214,45 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def dead_channels(model: nn.Module, example: torch.Tensor,
                   masks: Mapping[str, torch.Tensor] | None = None,
-                  groups: Sequence[ChannelGroup] | None = None) -> dict[str, list[int]]:
-    """Per prunable group, the channels whose output is provably zero (after `masks`)."""
+                  groups: Sequence[Group] | None = None) -> dict[str, list[int]]:
+    """Per exact group, the units whose output is provably zero (after `masks`)."""
     masks = dict(masks or {})
     _check_masks(model, masks)
     groups = channel_groups(model, example) if groups is None else groups
     state = _state(model)
-    return {g.name: torch.nonzero(~_alive(g, state, masks)).flatten().tolist() for g in groups}
+    return {g.name: torch.nonzero(~alive_units(g, state, masks)).flatten().tolist()
+            for g in groups if g.exact}
 
 
 def rounded_width(alive: int, size: int, round_to: int) -> int:
     """Channels to keep: `alive` rounded up to a multiple of `round_to`, at least 1, at most size."""
     return min(size, math.ceil(max(alive, 1) / round_to) * round_to)
+
+
+def removal(g: Group, dead: torch.Tensor, kept: int) -> list[int]:
+    """Which dead units go so that `kept` units stay (the last dead ones; with cells, the same
+    share of every cell, which may keep more)."""
+    if g.cells is None:
+        dead_idx = torch.nonzero(dead).flatten().tolist()
+        n = g.size - kept
+        return dead_idx[len(dead_idx) - n:] if n > 0 else []
+    sizes = torch.bincount(g.cells)
+    step = 0
+    for s in sizes.tolist():
+        step = math.gcd(step, s)
+    ratio = sizes // step
+    dead_per = torch.bincount(g.cells[dead], minlength=len(sizes))
+    x = min(int((dead_per // ratio).min()), (g.size - kept) // int(ratio.sum()))
+    x = min(x, step - 1)
+    if not x:
+        return []
+    dead_t = torch.nonzero(dead).flatten()
+    cells = g.cells[dead_t]
+    out = []
+    for c in range(len(sizes)):
+        in_cell = dead_t[cells == c]
+        out += in_cell[len(in_cell) - x * int(ratio[c]):].tolist()
+    return sorted(out)
 
 
 def _count_params(model: nn.Module) -> int:
@@ -376,36 +261,14 @@ def _count_params(model: nn.Module) -> int:
 
 def _masked_copy(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
     from compress.core.masking import apply_masks
-
     net = copy.deepcopy(model).eval()
     apply_masks(net, masks)
     return net
 
 
-def _removal_plan(groups: Sequence[ChannelGroup], state, round_to: int) -> list[dict]:
-    """Per group: which dead channels to remove; the extra dead ones kept only for rounding."""
-    plan = []
-    for g in groups:
-        dead = torch.nonzero(~_alive(g, state, {})).flatten().tolist()
-        keep = rounded_width(g.size - len(dead), g.size, round_to)
-        removed = dead[len(dead) - (g.size - keep):] if keep < g.size else []
-        plan.append({"group": g.name, "original": g.size, "dead": len(dead), "kept": keep,
-                     "removed": removed})
-    return plan
-
-
-def _prune(net: nn.Module, example: torch.Tensor, plan: Sequence[dict]) -> None:
-    """Torch-Pruning surgery on `net`: remove each planned group's channels, in place."""
-    graph, _ = _trace(net, example)
-    for step in plan:
-        if step["removed"]:
-            mod = _module(net, step["group"])
-            fn = graph.get_pruner_of_module(mod).prune_out_channels
-            graph.get_pruning_group(mod, fn, step["removed"]).prune()
-
-
 @torch.no_grad()
-def _rel_error(a: nn.Module, b: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+def rel_error(a: nn.Module, b: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    """Worst max|b - a| / max|a| over `inputs` (inf on a shape change or NaN)."""
     worst = 0.0
     for x in inputs:
         want, got = a(x).double(), b(x).double()
@@ -415,65 +278,104 @@ def _rel_error(a: nn.Module, b: nn.Module, inputs: Sequence[torch.Tensor]) -> fl
         if err != err:  # NaN
             return math.inf
         worst = max(worst, err)
-
     return worst
 
 
-def _verify(ref: nn.Module, net: nn.Module, example: torch.Tensor, plan: Sequence[dict],
-            rtol: float) -> float:
+def _verify(ref: nn.Module, net: nn.Module, graph: ChannelGraph, removed: dict,
+            example: torch.Tensor, rtol: float) -> float:
     """Relative error of the shrunk vs the masked model; ShrinkError naming the culprit group."""
+    from compress.core.surgery import cut
     gen = torch.Generator().manual_seed(0)
     inputs = [example, torch.randn(example.shape, generator=gen).to(example)]
-    err = _rel_error(ref, net, inputs)
+    err = rel_error(ref, net, inputs)
     if err <= rtol:
         return err
     culprit = "several groups together"
-    for step in plan:  # which single group's surgery breaks it?
-        if step["removed"]:
-            one = copy.deepcopy(ref)
-            _prune(one, example, [step])
-            if not _rel_error(ref, one, inputs) <= rtol:
-                culprit = f"group {step['group']!r}"
-                break
+    for name, units in removed.items():  # which single group's surgery breaks it?
+        one = copy.deepcopy(ref)
+        cut(one, graph, {name: units})
+        if not rel_error(ref, one, inputs) <= rtol:
+            culprit = f"group {name!r}"
+            break
     raise ShrinkError(f"shrinking {culprit} changes the model's output (relative error "
                       f"{err:.3g} > {rtol:g}); {SHRINK_HINT}")
 
 
-def shrink_cnn(model: nn.Module, example: torch.Tensor,
-               masks: Mapping[str, torch.Tensor] | None = None, round_to: int = 8,
-               ignore: Sequence[str] = (), rtol: float = 1e-4) -> tuple[nn.Module, dict]:
-    """A copy of the masked `model` with its dead channels physically removed, and its spec.
+def shrink_channels(model: nn.Module, example: torch.Tensor,
+                    masks: Mapping[str, torch.Tensor] | None = None, round_to: int = 8,
+                    ignore: Sequence[str] = (), rtol: float = 1e-4,
+                    widths=None, strict: bool = False) -> tuple[nn.Module, dict]:
+    """A copy of the masked `model` with its dead channels and heads physically removed, and
+    its spec.
 
-    The channels kept per group are rounded up to a multiple of `round_to` (1 = off) by keeping
-    some dead ones: they are zero, so the output is unchanged. The result is checked against
-    the masked model on `example` and a random input (ShrinkError naming the group otherwise).
+    The units kept per group are rounded up to a multiple of `round_to` (1 = off) by keeping
+    some dead ones: they are zero, so the output is unchanged. `widths(groups, alive, plan)` may
+    choose other widths within [alive, size] (compress.core.widths). The result is checked
+    against the masked model on `example` and a random input (ShrinkError naming the group
+    otherwise). With `strict`, dead units a mask cannot remove exactly are refused.
     """
     from compress.core.structure import count_macs
+    from compress.core.surgery import cut
 
     if int(round_to) < 1:
         raise UserError(f"round_to must be >= 1, got {round_to}")
     masks = dict(masks or {})
     _check_masks(model, masks)
-    check_supported(model)
     example = _on_device(model, example)
     ref = _masked_copy(model, masks)
-    graph, outputs = _trace(ref, example)
-    groups, whole = _analyse(ref, graph, outputs, ignore)
-    plan = _removal_plan(groups, _state(ref), int(round_to))
+    graph = channel_graph(ref, example, ignore)
+    state = _state(ref)
+    whole = dict(graph.whole)
+    plan, removed = [], {}
+    exact = [g for g in graph.groups if g.exact]
+    for g in graph.groups:
+        if not g.exact:
+            whole[g.name] = f"a mask cannot remove them exactly: {g.inexact}"
+            if strict and not bool(alive_units(g, state, {}).all()):
+                raise ShrinkUnsupported(f"cannot remove the dead channels of {g.name!r}: "
+                                        f"{g.inexact}, so removing one changes the others; "
+                                        f"{SHRINK_HINT}, or prune it with method.physical")
+    alive = {g.name: alive_units(g, state, {}) for g in exact}
+    keep = {g.name: rounded_width(int(alive[g.name].sum()), g.size, int(round_to))
+            for g in exact}
+    live_removed: dict[str, list[int]] = {}
+    if widths is not None:
+        from compress.core.masking import apply_masks
+        from compress.core.widths import live_to_drop
+        keep = widths(exact, alive, keep)
+        live_removed = live_to_drop(ref, exact, alive, keep)
+        if live_removed:  # rounding down: the reference loses those live units too
+            apply_masks(ref, channel_masks(ref, example, live_removed, exact))
+            state = _state(ref)
+            alive = {g.name: alive_units(g, state, {}) for g in exact}
+    for g in exact:
+        gone = removal(g, ~alive[g.name], keep[g.name])
+        plan.append({"group": g.name, "kind": g.kind, "original": g.size,
+                     "dead": int((~alive[g.name]).sum()), "kept": g.size - len(gone),
+                     "removed": gone})
+        if gone:
+            removed[g.name] = gone
     net = copy.deepcopy(ref)
-    _prune(net, example, plan)
+    cut(net, graph, removed)
     net.eval()
-    err = _verify(ref, net, example, plan, rtol)
+    err = _verify(ref, net, graph, removed, example, rtol)
+    channels = [s for s in plan if s["kind"] == "channels"]
+    heads = [s for s in plan if s["kind"] == "heads"]
     spec = {
-        "kind": "cnn",
+        "kind": "channels",
         "round_to": int(round_to),
         "groups": plan,
         "left_whole": whole,
-        "channels": {"total": sum(s["original"] for s in plan),
-                     "dead": sum(s["dead"] for s in plan),
-                     "kept": sum(s["kept"] for s in plan)},
+        "channels": {"total": sum(s["original"] for s in channels),
+                     "dead": sum(s["dead"] for s in channels),
+                     "kept": sum(s["kept"] for s in channels)},
         "params": {"dense": _count_params(ref), "shrunk": _count_params(net)},
         "macs": {"dense": count_macs(ref, example[:1]), "shrunk": count_macs(net, example[:1])},
         "verify_rel_error": err,
     }
+    if live_removed:
+        spec["live_removed"] = live_removed
+    if heads:
+        spec["heads"] = {"total": sum(s["original"] for s in heads),
+                         "kept": sum(s["kept"] for s in heads)}
     return net, spec

@@ -73,33 +73,37 @@ def _alive(s: torch.Tensor) -> int:
 
 
 # ------------------------------------------------------------------------- channel scores
-def _producers(model: torch.nn.Module, group, kinds: tuple[type, ...]):
-    """(per-slice view [slices, -1] of each producing parameter of `group` whose module is one
-    of `kinds` and whose leaf name is 'weight', the group's channel -> slice index)."""
+def _producer_slices(model: torch.nn.Module, group, kinds: tuple[type, ...], leaves: set[str]):
+    """(per-position view [positions, -1] of each producing parameter of `group` whose module
+    is one of `kinds` and whose leaf name is in `leaves`, its position -> unit map)."""
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
-    for pname, dim in group.out_params.items():
-        mod_name, _, leaf = pname.rpartition(".")
-        if leaf == "weight" and isinstance(modules[mod_name], kinds):
-            w = params[pname].detach()
-            yield w.movedim(dim, 0).reshape(w.shape[dim], -1), group.index[pname]
+    for m in group.members:
+        mod_name, _, leaf = m.param.rpartition(".")
+        if m.produces and leaf in leaves and isinstance(modules.get(mod_name), kinds):
+            w = params[m.param].detach()
+            yield w.movedim(m.dim, 0).reshape(w.shape[m.dim], -1), m.units
 
 
-def _per_channel(group, pairs, reduce) -> torch.Tensor | None:
+def _per_unit(group, pairs, reduce: str) -> torch.Tensor | None:
     score, found = torch.zeros(group.size, dtype=torch.float64), False
-    for per_slice, index in pairs:
-        has = index >= 0
-        score[has] = reduce(score[has], per_slice[index[has]].double().cpu())
+    for per_position, units in pairs:
+        own = units >= 0
+        score.scatter_reduce_(0, units[own], per_position[own].double().cpu(), reduce=reduce)
         found = True
     return score if found else None
 
 
 def filter_l1(model: torch.nn.Module, group) -> torch.Tensor:
-    """Li et al.'s filter norm per channel of a channel group: the sum of |w| over the filter
-    (conv) or row (linear) producing it, summed over coupled layers (a residual sum's convs)."""
+    """Li et al.'s filter norm per unit of a channel group: the sum of |w| over the filter
+    (conv) or row (linear) producing it, summed over coupled layers (a residual sum's convs);
+    for an attention head, over its query, key and value rows."""
     from compress.core.masking import PRUNABLE_TYPES
-    pairs = ((s.abs().sum(1), i) for s, i in _producers(model, group, PRUNABLE_TYPES))
-    score = _per_channel(group, pairs, torch.add)
+    from compress.models.attention import PrunedAttention
+    kinds = PRUNABLE_TYPES + (torch.nn.MultiheadAttention, PrunedAttention)
+    pairs = ((s.abs().sum(1), u) for s, u in
+             _producer_slices(model, group, kinds, {"weight", "in_proj_weight"}))
+    score = _per_unit(group, pairs, "sum")
     return score if score is not None else torch.zeros(group.size, dtype=torch.float64)
 
 
@@ -108,5 +112,6 @@ def bn_scale(model: torch.nn.Module, group) -> torch.Tensor | None:
     largest over coupled BatchNorms: a channel goes only if every scale on it is small);
     None when no affine BatchNorm scales the group."""
     from torch.nn.modules.batchnorm import _BatchNorm
-    pairs = ((s.abs().amax(1), i) for s, i in _producers(model, group, (_BatchNorm,)))
-    return _per_channel(group, pairs, torch.maximum)
+    pairs = ((s.abs().amax(1), u) for s, u in _producer_slices(model, group, (_BatchNorm,),
+                                                                {"weight"}))
+    return _per_unit(group, pairs, "amax")

@@ -280,8 +280,13 @@ def structure_report(model: MLP, masks: Mapping[str, torch.Tensor] | None = None
 
 
 def count_macs(module: nn.Module, example_input: torch.Tensor) -> int:
-    """Multiply-adds per sample of the Linear and Conv layers `module` runs on `example_input`."""
+    """Multiply-adds per sample of the Linear, Conv and attention layers `module` runs on
+    `example_input` (attention: the q/k/v and output projections and both matmuls)."""
+    from compress.models.attention import PrunedAttention
     total = 0
+    attention = [m for m in module.modules() if isinstance(m, (nn.MultiheadAttention,
+                                                               PrunedAttention))]
+    inside = {id(m.out_proj) for m in attention}  # counted with their attention layer
 
     def hook(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
         nonlocal total
@@ -291,12 +296,25 @@ def count_macs(module: nn.Module, example_input: torch.Tensor) -> int:
         else:
             total += out.numel() * (mod.in_channels // mod.groups) * _prod(mod.kernel_size)
 
+    def attention_hook(mod: nn.Module, inp: tuple, _out) -> None:
+        nonlocal total
+        x = inp[0]
+        tokens = x.shape[:-1].numel()  # sequence x batch
+        seq = x.shape[1] if getattr(mod, "batch_first", False) else x.shape[0]
+        inner, d_in = mod.in_proj_weight.shape[0] // 3, mod.in_proj_weight.shape[1]
+        total += tokens * (3 * inner * d_in + 2 * seq * inner + inner * mod.out_proj.out_features)
+
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, kinds)]
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, kinds) and id(m) not in inside]
+    handles += [m.register_forward_hook(attention_hook) for m in attention]
+    was_training = module.training
+    module.eval()  # a training-mode forward would move BatchNorm statistics
     try:
         with torch.no_grad():
             module(example_input)
     finally:
+        module.train(was_training)
         for h in handles:
             h.remove()
     batch = example_input.shape[0] if example_input.dim() > 0 else 1

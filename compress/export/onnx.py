@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -28,9 +29,11 @@ from compress.vocab import EXPORTERS
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-# TorchScript is the default: exporting a 60->1024->1 MLP takes ~0.1-0.3 s with it against
-# ~2 s warm / 6-8 s cold (first call in a process) with dynamo in torch 2.14, for the same graph.
-DEFAULT_EXPORTER = "torchscript"
+# TorchScript first: exporting a 60->1024->1 MLP takes ~0.1-0.3 s with it against ~2 s warm /
+# 6-8 s cold (first call in a process) with dynamo in torch 2.14, for the same graph. Some ops
+# it cannot express (adaptive_avg_pool2d to a size that does not divide the input: VGG at
+# 32x32); `auto` falls back to dynamo there.
+DEFAULT_EXPORTER = "auto"
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx",
                   "onnxscript", "onnx_ir")
@@ -52,12 +55,29 @@ def silenced() -> Iterator[io.StringIO]:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
         with warnings.catch_warnings(), contextlib.redirect_stdout(buf), \
-                contextlib.redirect_stderr(buf):
+                contextlib.redirect_stderr(buf), _native_log_muted():
             warnings.simplefilter("ignore")
             yield buf
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _native_log_muted() -> Iterator[None]:
+    """The torchscript exporter's C++ log (always on in torch 2.14: it dumps the whole IR graph
+    when an op fails) goes to the C-level stderr, pointed at /dev/null meanwhile: stdout stays
+    clean for --json, stderr for one-line errors."""
+    torch._C._jit_set_onnx_log_output_stream("stderr")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -96,6 +116,22 @@ def _run_exporter(model: nn.Module, example: torch.Tensor, dest: Path, opset: in
         model.train(was_training)
 
 
+def _export_with(model: nn.Module, example: torch.Tensor, dest: Path, opset: int | None,
+                 exporter: str) -> None:
+    """Run `exporter`; `auto` is torchscript, then dynamo if torchscript fails."""
+    if exporter != "auto":
+        _run_exporter(model, example, dest, opset, exporter)
+        return
+    try:
+        _run_exporter(model, example, dest, opset, "torchscript")
+    except Exception as first:
+        try:
+            _run_exporter(model, example, dest, opset, "dynamo")
+        except Exception as second:
+            raise RuntimeError(f"torchscript: {_one_line(first)}; dynamo: "
+                               f"{_one_line(second)}") from second
+
+
 def _metadata_value(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
@@ -125,7 +161,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path,
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _run_exporter(model, _example_for(model, example), tmp, opset, exporter)
+        _export_with(model, _example_for(model, example), tmp, opset, exporter)
         onnx.checker.check_model(str(tmp), full_check=True)
         if metadata:
             write_metadata(tmp, metadata)

@@ -51,6 +51,7 @@ class PruneResult:
     history: list[dict] = field(default_factory=list)  # per-epoch rows of any training
     info: dict = field(default_factory=dict)           # method-specific facts worth recording
     tensors: dict = field(default_factory=dict)        # name -> {key: tensor}: extra files
+    architecture: dict | None = None  # a surgery step (compress.core.surgery) the model took
 
 
 class MethodParams(BaseModel):

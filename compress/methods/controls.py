@@ -41,8 +41,10 @@ class Start:
 def prepare(mode: RetrainMode, *, build: Callable[[int], nn.Module], masks: MaskSet,
             trained: dict[str, torch.Tensor] | None, rewound: dict[str, torch.Tensor] | None,
             duration: str, example: torch.Tensor, seed: int,
-            scope: Literal["layerwise", "global"] = "layerwise") -> Start:
-    """The model, mask and training budget a retrain in `mode` starts from."""
+            scope: Literal["layerwise", "global"] = "layerwise",
+            dense_macs: float | None = None) -> Start:
+    """The model, mask and training budget a retrain in `mode` starts from (`dense_macs`: the
+    dense model's MACs when `build` gives a physically pruned one)."""
     fresh = mode in ("reinit", "scratch_e", "scratch_b")
     model = build(REINIT_OFFSET if fresh else 0)
     if not fresh:
@@ -55,7 +57,7 @@ def prepare(mode: RetrainMode, *, build: Callable[[int], nn.Module], masks: Mask
         masks = scoring.random_like(masks, seed + REINIT_OFFSET, scope)
     if mode == "scratch_b":
         macs = layer_macs(model, example)
-        ratio = sparse_macs(macs, None) / max(sparse_macs(macs, masks), 1.0)
+        ratio = (dense_macs or sparse_macs(macs, None)) / max(sparse_macs(macs, masks), 1.0)
         duration = scale_duration(duration, ratio)
         info.update(flops_ratio=ratio, duration=duration)
     return Start(model, masks, duration, info)

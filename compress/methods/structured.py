@@ -1,20 +1,24 @@
 """Channel pruning: `l1filter` (Li et al. 2017) and `slimming` (Liu et al. 2017).
 
-Both remove whole channels: a conv's output channels (and, with `linear: true`, a Linear
-layer's hidden units), as coupled channel groups (compress.core.channels). A removed channel
-loses its filter, bias, BatchNorm scale and shift and the consumer slices that read it, all
-in the mask, so it is exactly zero, stays zero through fine-tuning, and the export removes it
-physically (`export.shrink`).
+Both remove whole channels and attention heads, as coupled groups (compress.core.chgraph): a
+conv's output channels with everything tied to them (BatchNorm, residual sums, gates,
+depthwise convs, the consumers that read them), a per-token Linear's hidden units (transformer
+and ConvNeXt MLPs), an attention layer's heads. Where zeroing a channel's slices removes it
+exactly, the result is a mask, like every other method's: the channel is exactly zero, stays
+zero through fine-tuning, and the export removes it physically (`export.shrink`). Where it does
+not (a LayerNorm normalising over the channels), the method cuts the smaller model and
+fine-tunes that (compress.core.channel_pruning); the stage records the architecture spec that
+rebuilds it.
 
-Which groups are pruned: by default those produced by a single layer. In a ResNet that is the
-first conv of each basic block, Li et al.'s rule: the second conv's output is tied by the
-residual sum to the block's input and to every other block of the stage. `coupled: true` prunes
-the tied groups too, scoring a channel over every layer that produces it. Depthwise convs
-follow the channels of the layer before them and do not count as a coupling.
+Which groups are pruned (`coupled`, `linear`, `heads`, `physical`, `keep_dense`): by default
+every group, coupled ones included, so the requested sparsity is reachable; `coupled: false`
+is Li et al.'s ResNet rule (only groups one layer produces: the first conv of each block).
+Groups a grouped convolution or a channel shuffle splits keep the same share of every block.
+The stage reports achieved channel sparsity and MACs ratio next to the requested ones.
 
-- l1filter: per layer, the channels whose filters have the smallest L1 norm go (`sparsity` per
-  layer, `layer_sparsity` to override it), then fine-tuning. For Scratch-E / Scratch-B, retrain
-  the result with `--mode scratch_e | scratch_b`.
+- l1filter: per group, the units whose filters have the smallest L1 norm go (`sparsity` per
+  group, `layer_sparsity` to override it; heads by the L1 norm of their q/k/v rows), then
+  fine-tuning. For Scratch-E / Scratch-B, retrain the result with `--mode scratch_e | scratch_b`.
 - slimming: training with s * sign(gamma) added to the gradient of every BatchNorm scale that
   gates a prunable channel (`penalty`, `sparsity_train`), one global threshold on |gamma| that
   removes `sparsity` of all those channels, each layer keeping at least `min_channels`, then
@@ -23,17 +27,16 @@ follow the channels of the layer before them and do not count as a coupling.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import Field
-from torch import nn
 
+from compress.core import channel_pruning as cp
 from compress.core import scoring
-from compress.core.channels import ChannelGroup, channel_groups, channel_masks, groups_by_name
+from compress.core.channels import ChannelGroup, channel_graph, groups_by_name
 from compress.core.loop import BaseHook
-from compress.core.masking import apply_masks, keep_top, prunable_parameters
-from compress.core.masks import MaskSet
+from compress.core.masking import keep_top
 from compress.core.schedules import DurationStr
 from compress.errors import UserError
 from compress.methods.base import DensityTarget, Method, PruneContext, PruneResult, train_masked
@@ -51,8 +54,15 @@ STRUCTURED_DEFAULTS = {
 class ChannelParams(DensityTarget):
     density: float | None = Field(None, gt=0, lt=1, description="fraction of CHANNELS kept")
     sparsity: float | None = Field(None, gt=0, lt=1, description="fraction of CHANNELS removed")
-    coupled: bool = Field(False, description="also prune channels tied by residual sums")
-    linear: bool = Field(False, description="also prune the hidden units of Linear layers")
+    heads: float | None = Field(None, ge=0, lt=1, description="fraction of attention HEADS "
+                                                              "removed per layer (default: sparsity)")
+    coupled: bool = Field(True, description="also prune channels tied by residual sums "
+                                            "(false: Li et al.'s rule, single-layer groups only)")
+    linear: bool = Field(False, description="also prune the hidden units of Linear layers on "
+                                            "flat vectors (per-token Linears always count)")
+    physical: bool | Literal["auto"] = Field(
+        "auto", description="cut the smaller model and fine-tune it: auto = only where a mask "
+                            "cannot remove channels exactly (LayerNorm over them)")
     keep_dense: list[str] = Field(default_factory=list, description="layers whose channels all stay")
     round_to: int = Field(1, ge=1, description="channels kept per layer: a multiple of this "
                                                "(hardware-friendly widths; 1 = off)")
@@ -60,6 +70,9 @@ class ChannelParams(DensityTarget):
 
     def default_density(self) -> float:
         return 0.5
+
+    def head_sparsity(self) -> float:
+        return 1 - self.density if self.heads is None else self.heads
 
 
 class L1FilterParams(ChannelParams):
@@ -73,41 +86,26 @@ class SlimmingParams(ChannelParams):
     min_channels: int = Field(1, ge=1, description="channels every layer keeps at least")
 
 
-@dataclass
-class _Groups:
-    chosen: list[ChannelGroup]
-    example: torch.Tensor
-
-
 def _hint(method: str) -> str:
-    return f"{method} prunes channels of Conv/Linear/BatchNorm nets; for this model use an " \
+    return f"{method} prunes channels of models torch.fx can trace; for this model use an " \
            "unstructured method (magnitude, imp, gmp)"
 
 
-def _producers(model: nn.Module, g: ChannelGroup) -> list[nn.Module]:
-    """The layers producing the group's channels, without the depthwise convs that follow them."""
-    modules = dict(model.named_modules())
-    return [m for m in (modules[n] for n in g.layers)
-            if not (isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1)]
-
-
-def _groups(p: ChannelParams, ctx: PruneContext, method: str) -> _Groups:
+def _groups(p: ChannelParams, ctx: PruneContext, method: str, extra=None,
+            empty: str | None = None) -> cp.Plan:
     example = ctx.data.train.head(1)
     ignore = [n.removesuffix(".weight") for n in p.keep_dense]
-    groups = channel_groups(ctx.model, example, ignore=ignore, hint=_hint(method))
-    kinds = (nn.modules.conv._ConvNd, nn.Linear) if p.linear else (nn.modules.conv._ConvNd,)
-    chosen = []
-    for g in groups:
-        producers = _producers(ctx.model, g)
-        if producers and all(isinstance(m, kinds) for m in producers) \
-                and (p.coupled or len(producers) == 1):
-            chosen.append(g)
-    if not chosen:
+    graph = channel_graph(ctx.model, example, ignore=ignore, hint=_hint(method))
+    scope = cp.Scope(p.coupled, p.linear, p.head_sparsity() > 0, p.physical)
+    plan = cp.choose(graph, scope, example, extra)
+    if not plan.chosen and empty:
+        raise UserError(empty)
+    if not plan.chosen:
         what = "conv channels or hidden units" if p.linear else "conv channels"
         more = "" if p.linear else "; --set method.linear=true also prunes Linear hidden units"
         raise UserError(f"{method}: {type(ctx.model).__name__} has no {what} it may prune "
                         f"(coupled: {p.coupled}, keep_dense: {p.keep_dense}){more}")
-    return _Groups(chosen, example)
+    return plan
 
 
 def _rounded(keep: int, size: int, multiple: int) -> int:
@@ -120,49 +118,77 @@ def _rounded(keep: int, size: int, multiple: int) -> int:
 def _layer_keep(g: ChannelGroup, sparsity: float, p: ChannelParams, option: str) -> int:
     keep = int((1 - sparsity) * g.size + 0.5)
     if keep < 1:  # refused as asked, before rounding could lift it
-        raise UserError(f"{option}={sparsity:g} would remove all {g.size} channels of layer "
-                        f"{g.name!r}; lower it or add the layer to method.keep_dense")
-    return _rounded(keep, g.size, p.round_to)
+        what = "heads of attention layer" if g.kind == "heads" else "channels of layer"
+        raise UserError(f"{option}={sparsity:g} would remove all {g.size} {what} "
+                        f"{g.name.removesuffix('.heads')!r}; lower it or add the layer to "
+                        "method.keep_dense")
+    return keep if g.cells is not None or g.kind == "heads" else _rounded(keep, g.size, p.round_to)
 
 
-def _prune(p: ChannelParams, ctx: PruneContext, found: _Groups, scores: dict[str, torch.Tensor],
-           keep: dict[str, int]) -> tuple[MaskSet, dict]:
-    """Masks dropping each group's lowest-scored channels down to keep[group], on top of the
-    starting masks, applied to the model; and what was kept."""
-    drop = {g.name: torch.nonzero(~keep_top(scores[g.name], keep[g.name])).flatten()
-            for g in found.chosen}
-    cm = {n: m.cpu() for n, m in channel_masks(ctx.model, found.example, drop,
-                                               found.chosen).items()}
-    params = dict(ctx.model.named_parameters())
-    names = dict.fromkeys([*prunable_parameters(ctx.model), *ctx.masks, *cm])
-    masks = MaskSet({n: _mask(ctx.masks, n, params[n]) & cm.get(n, True) for n in names})
-    apply_masks(ctx.model, masks)
-    total = sum(g.size for g in found.chosen)
-    info = {"channels": {g.name: {"kept": keep[g.name], "total": g.size} for g in found.chosen},
-            "channel_density": sum(keep.values()) / total, "round_to": p.round_to,
-            "coupled": p.coupled}
-    return masks, info
+def _requested(p: ChannelParams, plan: cp.Plan) -> dict[str, float]:
+    out = {"channel_sparsity": 1 - p.density}
+    if any(g.kind == "heads" for g in plan.graph.groups):
+        out["heads_sparsity"] = p.head_sparsity()
+    return out
 
 
-def _mask(masks: MaskSet, name: str, param: torch.Tensor) -> torch.Tensor:
-    return masks[name] if name in masks else torch.ones(param.shape, dtype=torch.bool)
+def _prune(p: ChannelParams, ctx: PruneContext, plan: cp.Plan, scores: dict[str, torch.Tensor],
+           keep: dict[str, int]) -> tuple[cp.Pruned, dict]:
+    """Each chosen group's lowest-scored units removed down to keep[group] (masked, or cut out
+    of ctx.model), and what was kept against what was asked."""
+    from compress.core.structure import count_macs
+    dense_macs = count_macs(ctx.model, plan.example)
+    kept = {g.name: cp.kept_units(g, scores[g.name], count=keep[g.name]) for g in plan.chosen}
+    pruned = cp.prune(ctx.model, plan, kept, ctx.masks, p.physical)
+    total = sum(g.size for g in plan.chosen if g.kind == "channels")
+    info = {"channels": {g.name: {"kept": int(kept[g.name].sum()), "total": g.size}
+                         for g in plan.chosen},
+            "channel_density": sum(int(kept[g.name].sum()) for g in plan.chosen
+                                   if g.kind == "channels") / max(total, 1),
+            "round_to": p.round_to, "coupled": p.coupled,
+            "pruning": cp.report(plan, pruned, _requested(p, plan), dense_macs, ctx.model)}
+    return pruned, info
+
+
+def _result(pruned: cp.Pruned, history: list[dict], info: dict) -> PruneResult:
+    return PruneResult(pruned.masks, history, info, architecture=pruned.architecture)
 
 
 # ------------------------------------------------------------------------- l1filter
-def _l1_keep(p: L1FilterParams, found: _Groups) -> dict[str, int]:
-    lookup = groups_by_name(found.chosen)
+def _l1_keep(p: L1FilterParams, plan: cp.Plan) -> dict[str, int]:
+    lookup = groups_by_name(plan.chosen)
     unknown = [n for n in p.layer_sparsity if n.removesuffix(".weight") not in lookup]
     if unknown:
+        why = _why_whole(plan, unknown[0].removesuffix(".weight"))
         raise UserError(f"method.layer_sparsity names {', '.join(map(repr, unknown))}, not a "
-                        f"layer l1filter prunes; it prunes: {', '.join(g.name for g in found.chosen)}")
+                        f"layer l1filter prunes{why}; it prunes: "
+                        f"{', '.join(g.name for g in plan.chosen[:12])}"
+                        f"{', ...' if len(plan.chosen) > 12 else ''}")
     rates = {lookup[n.removesuffix(".weight")].name: s for n, s in p.layer_sparsity.items()}
     for name, s in rates.items():
         if not 0 <= s < 1:
             raise UserError(f"method.layer_sparsity[{name!r}]={s:g} must be in [0, 1)")
-    return {g.name: _layer_keep(g, rates.get(g.name, 1 - p.density), p,
-                                f"method.layer_sparsity[{g.name!r}]" if g.name in rates
-                                else "method.sparsity")
-            for g in found.chosen}
+
+    def default(g: ChannelGroup) -> tuple[float, str]:
+        if g.kind == "heads":
+            return p.head_sparsity(), "method.heads"
+        return 1 - p.density, "method.sparsity"
+    out = {}
+    for g in plan.chosen:
+        rate, option = (rates[g.name], f"method.layer_sparsity[{g.name!r}]") \
+            if g.name in rates else default(g)
+        out[g.name] = _layer_keep(g, rate, p, option)
+    return out
+
+
+def _why_whole(plan: cp.Plan, layer: str) -> str:
+    """' (it stays whole: REASON)' when `layer` is in a group the plan leaves whole."""
+    skipped = groups_by_name([g for g in plan.graph.groups if g.name in plan.skipped])
+    if layer in skipped:
+        return f" (its group stays whole: {plan.skipped[skipped[layer].name]})"
+    if layer in plan.graph.whole:
+        return f" (its group stays whole: {plan.graph.whole[layer]})"
+    return ""
 
 
 @register_method
@@ -177,11 +203,11 @@ class L1Filter(Method):
         _l1_keep(p, _groups(p, ctx, self.name))
 
     def run(self, p: L1FilterParams, ctx: PruneContext) -> PruneResult:
-        found = _groups(p, ctx, self.name)
-        keep = _l1_keep(p, found)
-        scores = {g.name: scoring.filter_l1(ctx.model, g) for g in found.chosen}
-        masks, info = _prune(p, ctx, found, scores, keep)
-        return PruneResult(masks, train_masked(ctx, masks, p.finetune, self.name), info)
+        plan = _groups(p, ctx, self.name)
+        keep = _l1_keep(p, plan)
+        scores = {g.name: scoring.filter_l1(ctx.model, g) for g in plan.chosen}
+        pruned, info = _prune(p, ctx, plan, scores, keep)
+        return _result(pruned, train_masked(ctx, pruned.masks, p.finetune, self.name), info)
 
 
 # ------------------------------------------------------------------------- slimming
@@ -198,35 +224,36 @@ class BNScalePenalty(BaseHook):
                 w.grad.add_(torch.sign(w), alpha=self.s)
 
 
-def _bn_groups(p: SlimmingParams, ctx: PruneContext) -> _Groups:
-    found = _groups(p, ctx, "slimming")
-    found.chosen = [g for g in found.chosen if scoring.bn_scale(ctx.model, g) is not None]
-    if not found.chosen:
-        raise UserError(f"slimming: no prunable channel of {type(ctx.model).__name__} is scaled by "
-                        "an affine BatchNorm; use a model with BatchNorm (e.g. "
-                        "--set model.batchnorm=true for conv2/4/6, resnet20) or l1filter")
-    return found
+def _bn_groups(p: SlimmingParams, ctx: PruneContext) -> cp.Plan:
+    def no_scale(g: ChannelGroup) -> str | None:
+        return None if scoring.bn_scale(ctx.model, g) is not None else \
+            "no affine BatchNorm scales them"
+    return _groups(p, ctx, "slimming", no_scale, empty=(
+        f"slimming: no prunable channel of {type(ctx.model).__name__} is scaled by an affine "
+        "BatchNorm; use a model with BatchNorm (e.g. --set model.batchnorm=true for conv2/4/6, "
+        "resnet20) or l1filter"))
 
 
-def _bn_scales(model: nn.Module, groups: list[ChannelGroup]) -> list[torch.Tensor]:
+def _bn_scales(model, groups: list[ChannelGroup]) -> list[torch.Tensor]:
     modules, params = dict(model.named_modules()), dict(model.named_parameters())
-    names = {n for g in groups for n in g.out_params
-             if n.endswith(".weight") and isinstance(modules[n.rpartition(".")[0]],
-                                                     nn.modules.batchnorm._BatchNorm)}
+    names = {m.param for g in groups for m in g.members
+             if m.produces and m.param.endswith(".weight")
+             and isinstance(modules[m.param.rpartition(".")[0]], torch.nn.modules.batchnorm._BatchNorm)}
     return [params[n] for n in sorted(names)]
 
 
-def _global_keep(p: SlimmingParams, found: _Groups, scores: dict[str, torch.Tensor]
+def _global_keep(p: SlimmingParams, plan: cp.Plan, scores: dict[str, torch.Tensor]
                  ) -> tuple[dict[str, int], float]:
     """Channels kept per group under one threshold over all groups (then the per-layer guard
     and rounding), and the threshold: the largest |gamma| that went."""
-    flat = torch.cat([scores[g.name] for g in found.chosen])
+    flat = torch.cat([scores[g.name] for g in plan.chosen])
     kept = keep_top(flat, int(p.density * flat.numel() + 0.5))
     dropped = flat[~kept]
     keep, start = {}, 0
-    for g in found.chosen:
+    for g in plan.chosen:
         n = int(kept[start:start + g.size].sum())
-        keep[g.name] = _rounded(max(n, min(p.min_channels, g.size)), g.size, p.round_to)
+        n = max(n, min(p.min_channels, g.size))
+        keep[g.name] = n if g.cells is not None else _rounded(n, g.size, p.round_to)
         start += g.size
     return keep, float(dropped.max()) if dropped.numel() else 0.0
 
@@ -243,15 +270,16 @@ class Slimming(Method):
         _bn_groups(p, ctx)
 
     def run(self, p: SlimmingParams, ctx: PruneContext) -> PruneResult:
-        found = _bn_groups(p, ctx)
-        penalty = BNScalePenalty(_bn_scales(ctx.model, found.chosen), p.penalty)
+        plan = _bn_groups(p, ctx)
+        penalty = BNScalePenalty(_bn_scales(ctx.model, plan.chosen), p.penalty)
         history = train_masked(ctx, ctx.masks, p.sparsity_train, "slimming:sparsity",
                                hooks=[penalty])
-        scores = {g.name: scoring.bn_scale(ctx.model, g) for g in found.chosen}
-        keep, threshold = _global_keep(p, found, scores)
-        masks, info = _prune(p, ctx, found, scores, keep)
-        history += _after(history, train_masked(ctx, masks, p.finetune, "slimming:finetune"))
-        return PruneResult(masks, history, {**info, "threshold": threshold, "penalty": p.penalty})
+        scores = {g.name: scoring.bn_scale(ctx.model, g) for g in plan.chosen}
+        keep, threshold = _global_keep(p, plan, scores)
+        pruned, info = _prune(p, ctx, plan, scores, keep)
+        history += _after(history, train_masked(ctx, pruned.masks, p.finetune,
+                                                "slimming:finetune"))
+        return _result(pruned, history, {**info, "threshold": threshold, "penalty": p.penalty})
 
 
 def _after(first: list[dict], rows: list[dict]) -> list[dict]:

@@ -13,7 +13,7 @@ from compress.config import Config
 from compress.core.masking import apply_masks
 from compress.errors import UserError
 from compress.stages.artifacts import StageInfo
-from compress.stages.runner import StageEnv, Work, build, load_data, run_stage
+from compress.stages.runner import StageEnv, Work, architecture, build, load_data, run_stage
 
 ONNX_FILE = "model.onnx"  # the deployed model, in export.precision
 FP32_FILE = "model.fp32.onnx"  # the fp32 model it was derived from (precision != fp32 only)
@@ -26,7 +26,7 @@ def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) 
     if cfg.export.registry_name:  # a registration that must fail does so before any work
         env.tracker.check_register(cfg.export.registry_name, cfg.export.alias)
     data = load_data(cfg)
-    model = build(cfg, data)
+    model = build(cfg, data, architecture=architecture(src))
     model.load_state_dict(src.state("weights"))
     masks = src.masks()
     if masks is not None:
@@ -55,7 +55,10 @@ def _export_files(cfg: Config, model, masks, src: StageInfo, data, tmp: Path) ->
     export_onnx(deploy, data.test.head(2), fp32, metadata={**meta, "compress.precision": "fp32"},
                 opset=ex.opset, exporter=ex.exporter)
     parity_x = data.test.head(ex.parity_samples)
-    metrics = {"parity_rel_error": check_parity(fp32, model, parity_x, rtol=ex.rtol)}
+    # The masked model, or (widths rounded down) that model without the live units it lost.
+    from compress.core.shrink import reference
+    ref = reference(model, spec, data.test.head(2))
+    metrics = {"parity_rel_error": check_parity(fp32, ref, parity_x, rtol=ex.rtol)}
     shrunk = deploy is not model
     example = data.test.head(1)
     columns = [Column("shrunk" if shrunk else "dense", fp32, *module_size(deploy, example),
@@ -173,27 +176,23 @@ def _deployment(ex) -> dict:
 def _deployable(cfg: Config, model, masks, example: torch.Tensor):
     """The physically smaller module computing the masked model's function, and its spec; or
     the masked model itself when shrinking is off, finds nothing to remove, or (with
-    `shrink: auto`) does not support the model."""
+    `shrink: auto`) does not support the model (compress.core.shrink decides which shrink)."""
     ex = cfg.export
     if not ex.shrink:
         return model, {"shrunk": False, "reason": "masks only (export.shrink=false)"}
-    from compress.models.mlp import MLP
-    if isinstance(model, MLP):
-        from compress.core.structure import shrink_mlp
-        return shrink_mlp(model, masks)
-    from compress.core.channels import ShrinkUnsupported, shrink_cnn
-    try:
-        if ex.round_to == "auto":
-            net, spec = _fastest_rounding(model, example, masks, ex)
-        else:
-            net, spec = shrink_cnn(model, example, masks, round_to=ex.round_to, rtol=ex.rtol)
-    except ShrinkUnsupported as e:
-        if ex.shrink is True:
-            raise
-        return model, {"shrunk": False, "reason": str(e)}
-    if spec["channels"]["kept"] == spec["channels"]["total"]:
-        return model, {**spec, "shrunk": False, "reason": "no channel can be removed"}
-    return net, {**spec, "shrunk": True}
+    if ex.round_to == "auto":
+        return _fastest_rounding(model, example, masks, ex)
+    return _shrink(model, example, masks, ex, ex.round_to)
+
+
+def _shrink(model, example: torch.Tensor, masks, ex, round_to: int, widths=None):
+    from compress.core.shrink import shrink
+    if ex.round == "latency":  # times candidates in onnxruntime: an export-side rule
+        from compress.export.latency_widths import measured_widths
+        widths = measured_widths(model, masks, example, rounds=max(3, ex.latency_rounds // 6),
+                                 opset=ex.opset)
+    return shrink(model, masks, example, round_to=round_to, rounding=ex.round,
+                  budget=ex.round_budget, rtol=ex.rtol, strict=ex.shrink is True, widths=widths)
 
 
 AUTO_ROUNDINGS = (1, 8, 16)
@@ -202,10 +201,11 @@ AUTO_ROUNDINGS = (1, 8, 16)
 def _fastest_rounding(model, example: torch.Tensor, masks, ex):
     """The shrink whose rounding of widths (1, 8 or 16) runs fastest at batch 16 in
     onnxruntime on this machine (round-robin medians), with every candidate's latency."""
-    from compress.core.channels import shrink_cnn
     from compress.export.bench_table import TIMING_THREADS
     from compress.export.onnx import export_onnx, ort_latencies
-    shrunk = [shrink_cnn(model, example, masks, round_to=r, rtol=ex.rtol) for r in AUTO_ROUNDINGS]
+    shrunk = [_shrink(model, example, masks, ex, r) for r in AUTO_ROUNDINGS]
+    if not any(spec.get("shrunk") for _, spec in shrunk):  # nothing to choose between
+        return shrunk[0]
     with tempfile.TemporaryDirectory(prefix="compress-round-") as scratch:
         paths = [export_onnx(net, example, Path(scratch) / f"r{r}.onnx", opset=ex.opset,
                              exporter=ex.exporter)

@@ -73,12 +73,26 @@ def data_record(data) -> dict:
             **({"data_preprocess": data.preprocess} if data.preprocess else {})}
 
 
-def build(cfg: Config, data, seed_offset: int = 0) -> nn.Module:
-    """The configured model with a seeded initialisation."""
+def build(cfg: Config, data, seed_offset: int = 0, architecture: dict | None = None,
+          dense_state: dict | None = None) -> nn.Module:
+    """The configured model with a seeded initialisation; with `architecture` (the spec a
+    physically pruning stage recorded) cut to that smaller shape, after loading `dense_state`
+    (weights of the configured model, e.g. its initialisation) if given."""
     from compress.models import build_model
     name, opts = cfg.section("model")
     torch.manual_seed(cfg.seed + seed_offset)
-    return build_model(name, opts, data.in_shape, data.num_classes)
+    model = build_model(name, opts, data.in_shape, data.num_classes)
+    if dense_state is not None:
+        model.load_state_dict(dense_state)
+    if architecture:
+        from compress.core.surgery import apply
+        apply(model, architecture, torch.zeros(1, *data.in_shape))
+    return model
+
+
+def architecture(src: StageInfo | None) -> dict | None:
+    """The architecture spec of a physically pruned source stage (None: the configured model)."""
+    return src.record.get("architecture") if src is not None else None
 
 
 def model_reference(section: dict) -> dict:

@@ -16,8 +16,8 @@ from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
 from compress.core.masks import MaskSet
 from compress.errors import UserError
 from compress.stages.artifacts import INIT, WEIGHTS, StageInfo, plot_curve, plot_density, save_state
-from compress.stages.runner import (StageEnv, Work, build, data_record, load_data, load_trained,
-                                    run_stage, split_metrics)
+from compress.stages.runner import (StageEnv, Work, architecture, build, data_record, load_data,
+                                    load_trained, run_stage, split_metrics)
 
 
 def import_model(cfg: Config, env: StageEnv, out: Path | None = None) -> dict:
@@ -83,10 +83,11 @@ def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -
     entry, params = METHODS.get(name), cfg.method_params()
     data = load_data(cfg)
     model, start = _load(cfg, data, src)
+    arch = architecture(src)
     ctx = PruneContext(model, data, _with_teacher(cfg, cfg.train, src, data), start, cfg.seed,
-                       env.progress, init=src.state("init"), dense_train=_dense_train(cfg, src),
+                       env.progress, init=_init(cfg, data, src), dense_train=_dense_train(cfg, src),
                        dense_seed=src.record.get("dense_seed", cfg.seed),
-                       build=lambda offset: build(cfg, data, seed_offset=offset))
+                       build=lambda offset: build(cfg, data, seed_offset=offset, architecture=arch))
     entry.obj.check(params, ctx)  # refuse bad options before a run or folder exists
 
     def body(tmp: Path) -> Work:
@@ -95,6 +96,13 @@ def prune(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -
         dist.check_same(result.masks.values(), f"{name} masks")  # torchrun: same on all ranks
         apply_masks(model, result.masks)
         extra = {"method_info": result.info, "dense_metrics": src.record["metrics"]}
+        if "pruning" in result.info:  # requested vs achieved, for the summary and --json
+            extra["pruning"] = result.info["pruning"]
+        if result.architecture is not None:  # the method cut the model: how to rebuild it
+            from compress.core.surgery import compose
+            extra["architecture"] = compose(arch, result.architecture)
+        elif arch is not None:
+            extra["architecture"] = arch
         work = _finish(tmp, model, result.masks, src, data, result.history, extra)
         for key, tensors in result.tensors.items():  # e.g. IteRand's redrawn positions
             from safetensors.torch import save_file
@@ -161,26 +169,44 @@ def retrain(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None)
                         "output of prune or retrain")
     mode, data = cfg.retrain.mode, load_data(cfg)
     train_cfg = _with_teacher(cfg, cfg.retrain.train or cfg.train, src, data)
+    arch = architecture(src)
     rewound = None
     if mode in ("rewind", "random_prune"):
         rewound = controls.rewind_state(
             lambda o: build(cfg, data, seed_offset=o), src.state("init"), cfg.retrain.rewind,
             data, _dense_train(cfg, src), src.record.get("dense_seed", cfg.seed))
-    start = controls.prepare(mode, build=lambda o: build(cfg, data, seed_offset=o), masks=masks,
-                             trained=src.state("weights") if mode == "finetune" else None,
-                             rewound=rewound, duration=train_cfg.duration,
-                             example=data.test.head(1), seed=cfg.seed, scope=cfg.retrain.scope)
+        if arch is not None:  # the rewound dense weights of the kept channels
+            rewound = build(cfg, data, architecture=arch, dense_state=rewound).state_dict()
+    example = data.test.head(1)
+    dense_macs = None
+    if arch is not None:  # Scratch-B's budget scales with the configured (dense) model's MACs
+        from compress.core.flops import layer_macs
+        dense_macs = float(sum(layer_macs(build(cfg, data), example).values()))
+    start = controls.prepare(mode, build=lambda o: build(cfg, data, seed_offset=o,
+                                                         architecture=arch),
+                             masks=masks, trained=src.state("weights") if mode == "finetune" else None,
+                             rewound=rewound, duration=train_cfg.duration, example=example,
+                             seed=cfg.seed, scope=cfg.retrain.scope, dense_macs=dense_macs)
 
     def body(tmp: Path) -> Work:
         history = fit(start.model, data, train_cfg, seed=cfg.seed, masks=MaskEnforcer(start.masks),
                       duration=start.duration, progress=f"retrain:{mode}" if env.progress else None)
-        return _finish(tmp, start.model, start.masks, src, data, history, {"mode": mode, **start.info})
+        extra = {"mode": mode, **start.info, **({"architecture": arch} if arch else {})}
+        return _finish(tmp, start.model, start.masks, src, data, history, extra)
 
     return run_stage("retrain", cfg, env, body, src=src, out=out, method=src.record.get("method"))
 
 
+def _init(cfg: Config, data, src: StageInfo) -> dict[str, torch.Tensor]:
+    """The source's initialisation, cut like the source's model when it was cut."""
+    arch = architecture(src)
+    init = src.state("init")
+    return init if arch is None else build(cfg, data, architecture=arch,
+                                           dense_state=init).state_dict()
+
+
 def _load(cfg: Config, data, src: StageInfo) -> tuple[torch.nn.Module, MaskSet]:
-    model = build(cfg, data)
+    model = build(cfg, data, architecture=architecture(src))
     try:
         model.load_state_dict(src.state("weights"))
     except RuntimeError as e:

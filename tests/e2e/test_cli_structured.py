@@ -31,7 +31,7 @@ def test_l1filter_exports_a_physically_smaller_onnx_with_parity(l1):
     assert out["structure"]["channels"]["kept"] == 4 + 4 + 64 + 64  # the FC hidden units stay
     export = json.loads((root / "run" / "export" / "stage.json").read_text())
     spec = export["structure"]
-    assert spec["shrunk"] and spec["kind"] == "cnn"
+    assert spec["shrunk"] and spec["kind"] == "channels"
     assert [(g["group"], g["kept"]) for g in spec["groups"][:2]] == [("features.0", 4),
                                                                      ("features.3", 4)]
     metrics = out["export_metrics"]
@@ -101,3 +101,62 @@ def test_the_dynamo_exporter_gives_the_same_shrunk_model(l1):
     def shapes(path):
         return sorted(tuple(i.dims) for i in onnx.load(path).graph.initializer if len(i.dims) == 4)
     assert shapes(ex["artifacts"]["onnx"]) == shapes(out["artifacts"]["onnx"])
+
+
+# ---------------------------------------------------------------- physically pruned models
+@pytest.fixture(scope="module")
+def cut(tmp_path_factory):
+    root = tmp_path_factory.mktemp("physical-cli")
+    return root, compress_json("prune", "--method", "l1filter", "--set", "method.sparsity=0.5",
+                               "--set", "method.physical=true", *CNN, "--out", "run", cwd=root)
+
+
+def test_a_cut_model_records_its_architecture_and_exports_its_smaller_shapes(cut):
+    import onnx
+    root, out = cut
+    prune = json.loads((root / "run" / "prune" / "stage.json").read_text())
+    groups = prune["architecture"]["steps"][0]["groups"]
+    assert {k: (v["size"], len(v["kept"])) for k, v in groups.items()} == {
+        "features.0": (16, 8), "features.3": (16, 8)}
+    assert out["stages"]["prune"]["pruning"]["physical"] is True
+    assert out["stages"]["prune"]["pruning"]["achieved"]["macs_ratio"] > 2
+    from safetensors.torch import load_file
+    weights = load_file(str(root / "run" / "prune" / "weights.safetensors"))
+    assert weights["features.0.weight"].shape[0] == 8  # the smaller model's weights
+    assert out["export_metrics"]["parity_rel_error"] <= 1e-5
+    convs = [tuple(i.dims) for i in onnx.load(out["artifacts"]["onnx"]).graph.initializer
+             if len(i.dims) == 4]
+    assert (8, 1, 3, 3) in convs and (8, 8, 3, 3) in convs
+
+
+def test_retrain_and_export_rebuild_the_cut_model_from_its_spec(cut):
+    root, out = cut
+    prune_dir = out["stages"]["prune"]["artifacts"]["dir"]
+    for mode in ("finetune", "rewind", "reinit"):
+        r = compress_json("retrain", "--from", prune_dir, "--set", f"retrain.mode={mode}",
+                          "--set", "retrain.train.duration=1ep", "--no-track", "--out", mode,
+                          cwd=root)
+        stage = json.loads((Path(r["artifacts"]["dir"]) / "stage.json").read_text())
+        assert stage["architecture"] == json.loads(
+            (Path(prune_dir) / "stage.json").read_text())["architecture"]
+    ex = compress_json("export", "--from", str(root / "rewind"), "--set", "export.benchmark=false",
+                       "--no-track", "--out", "ex", cwd=root)
+    assert ex["metrics"]["parity_rel_error"] <= 1e-5
+    again = compress_json("prune", "--method", "l1filter", "--from", prune_dir, "--set",
+                          "method.sparsity=0.5", "--set", "method.physical=true", *CNN,
+                          "--out", "again", cwd=root)
+    spec = json.loads((root / "again" / "prune" / "stage.json").read_text())["architecture"]
+    assert [len(s["groups"]["features.0"]["kept"]) for s in spec["steps"]] == [8, 4]
+    assert again["export_metrics"]["parity_rel_error"] <= 1e-5
+
+
+def test_latency_aware_widths_through_the_cli(l1):
+    root, out = l1
+    prune_dir = out["stages"]["prune"]["artifacts"]["dir"]
+    ex = compress_json("export", "--from", prune_dir, "--set", "export.round=latency",
+                       "--set", "export.latency_rounds=3", "--set", "export.benchmark=false",
+                       "--no-track", "--out", "latency", cwd=root)
+    spec = json.loads((Path(ex["artifacts"]["dir"]) / "stage.json").read_text())["structure"]
+    assert spec["rounding"] == "latency"
+    assert all(g["kept"] in (4, 8, 16) for g in spec["groups"][:2])  # 4 live: exact, 8 or 16
+    assert ex["metrics"]["parity_rel_error"] <= 1e-5
