@@ -1,5 +1,5 @@
 """The table preprocessing graph: every column type, unseen categories and the MLflow pyfunc
-DataFrame path give what compress.data.table.encode + the network give."""
+DataFrame path give what compress.data.table_encoding.encode + the network give."""
 
 from __future__ import annotations
 
