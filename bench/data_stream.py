@@ -5,7 +5,7 @@ and are the in-memory built-ins as fast as before the data layer changed?
    in this process, `--rounds` rounds (memory and streamed runs alternate who goes first),
    medians, and the median of the per-round streamed / memory ratios:
    - load rate: training batches (64) read through the split (DataLoader, num_workers 2), with
-     augment none and standard, images/s, nothing else running;
+     augment none and standard, images/s, nothing else running (and with num_workers 0, 1);
    - training rate: forward + backward + Adam step on the same images held in memory, images/s;
    - streamed training rate: the same steps with batches read from the files (num_workers 2).
    Loading is not the bottleneck when streamed ~= in-memory training (and load >> training).
@@ -121,7 +121,11 @@ def throughput(root: Path, args) -> dict:
     models = {name: build_model(spec["name"], {k: v for k, v in spec.items() if k != "name"},
                                 stream.in_shape, stream.num_classes)
               for name, (spec, _) in MODELS.items()}
+    by_workers = {w: load_dataset("imagefolder", {"root": str(root), "num_workers": w, "seed": 0})
+                  for w in (0, 1)}
     for r in range(args.rounds):
+        for w, data in by_workers.items():  # context: what the decoding processes add
+            timed(f"load_none_w{w}", lambda: load(data.train))
         timed("load_none", lambda: load(stream.train))
         timed("load_standard", lambda: load(augmented.train))
         for name, model in models.items():
@@ -336,8 +340,10 @@ def summary(result: dict, args) -> str:
     rows = [[name, f"{m['train_memory']:.0f}", f"{m['train_streamed']:.0f}",
              f"{m['streamed_over_memory_median_paired']:.2f}", f"{m['load_over_train']:.2f}"]
             for name, m in t["models"].items()]
-    lines = [f"load rate (images/s, num_workers 2): none {t['median_images_per_s']['load_none']:.0f}, "
-             f"standard augmentation {t['median_images_per_s']['load_standard']:.0f}",
+    rates = t["median_images_per_s"]
+    lines = [f"load rate (images/s, num_workers 2): none {rates['load_none']:.0f}, standard "
+             f"augmentation {rates['load_standard']:.0f}; num_workers 0: {rates['load_none_w0']:.0f}, "
+             f"1: {rates['load_none_w1']:.0f}",
              markdown_table(["model", "train from memory", "train streamed",
                              "streamed/memory (median paired)", "load/train"], rows)]
     m = result["memory"]

@@ -39,6 +39,9 @@ def test_evaluation_batches_are_bounded_in_bytes(digit_folder, monkeypatch):
     sizes = [len(y) for _, y in d.test.chunks(4096)]
     assert max(sizes) == 7 and sum(sizes) == len(d.test)
     assert torch.equal(torch.cat([y for _, y in d.test.chunks(4096)]), d.test.labels)
+    monkeypatch.setattr(imagefolder, "EVAL_BATCH", 5)  # and at most EVAL_BATCH images
+    d = _load(digit_folder, image_size=16, mean=[0.5] * 3, std=[0.25] * 3)
+    assert max(len(y) for _, y in d.test.chunks(4096)) == 5
 
 
 def test_computed_mean_and_std_normalise_the_training_images(digit_folder):
