@@ -2,9 +2,10 @@
 and are the in-memory built-ins as fast as before the data layer changed?
 
 1. Throughput, on an image folder of 3x32x32 PNG digits (`--images` files, flat layout), all
-   in this process, round-robin over `--rounds` rounds, medians:
+   in this process, `--rounds` rounds (memory and streamed runs alternate who goes first),
+   medians, and the median of the per-round streamed / memory ratios:
    - load rate: training batches (64) read through the split (DataLoader, num_workers 2), with
-     augment none and standard, images/s, nothing else running;
+     augment none and standard, images/s, nothing else running (and with num_workers 0, 1);
    - training rate: forward + backward + Adam step on the same images held in memory, images/s;
    - streamed training rate: the same steps with batches read from the files (num_workers 2).
    Loading is not the bottleneck when streamed ~= in-memory training (and load >> training).
@@ -65,7 +66,7 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=20000, help="images of the large folder")
     ap.add_argument("--small", type=int, default=2000, help="images of the small folder")
-    ap.add_argument("--rounds", type=int, default=3, help="round-robin rounds, throughput")
+    ap.add_argument("--rounds", type=int, default=9, help="round-robin rounds, throughput")
     ap.add_argument("--steps", type=int, default=40, help="training steps per timed run "
                     "(conv4; ResNet-18 a quarter of them)")
     ap.add_argument("--pairs", type=int, default=5, help="A B pairs, before/after timing")
@@ -119,25 +120,34 @@ def throughput(root: Path, args) -> dict:
     models = {name: build_model(spec["name"], {k: v for k, v in spec.items() if k != "name"},
                                 stream.in_shape, stream.num_classes)
               for name, (spec, _) in MODELS.items()}
+    by_workers = {w: load_dataset("imagefolder", {"root": str(root), "num_workers": w, "seed": 0})
+                  for w in (0, 1)}
     for r in range(args.rounds):
+        for w, data in by_workers.items():  # context: what the decoding processes add
+            timed(f"load_none_w{w}", lambda: load(data.train))
         timed("load_none", lambda: load(stream.train))
         timed("load_standard", lambda: load(augmented.train))
         for name, model in models.items():
             k = max(1, round(len(lists) * MODELS[name][1]))
-            timed(f"{name}_memory", lambda: train_steps(model, memory[:k]))
-            timed(f"{name}_streamed",
-                  lambda: train_steps(model, stream.train.batches(lists[:k], augment=True, seed=1)))
+            runs = [(f"{name}_memory", lambda: train_steps(model, memory[:k])),
+                    (f"{name}_streamed", lambda: train_steps(
+                        model, stream.train.batches(lists[:k], augment=True, seed=1)))]
+            for key, fn in (runs if r % 2 == 0 else runs[::-1]):  # who goes first alternates
+                timed(key, fn)
         log(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in timings.items()))
     med = {k: statistics.median(v) for k, v in timings.items()}
     out = {"images": len(stream.train) + len(stream.val) + len(stream.test), "batch": BATCH,
            "steps": args.steps, "threads": torch.get_num_threads(), "num_workers": 2,
            "rates_per_round": timings, "median_images_per_s": med, "models": {}}
     for name in models:
+        paired = [s / m for s, m in zip(timings[f"{name}_streamed"], timings[f"{name}_memory"])]
         out["models"][name] = {
             "train_memory": med[f"{name}_memory"], "train_streamed": med[f"{name}_streamed"],
             "load_over_train": med["load_none"] / med[f"{name}_memory"],
             "load_standard_over_train": med["load_standard"] / med[f"{name}_memory"],
-            "streamed_over_memory": med[f"{name}_streamed"] / med[f"{name}_memory"]}
+            "streamed_over_memory": med[f"{name}_streamed"] / med[f"{name}_memory"],
+            "streamed_over_memory_paired": paired,
+            "streamed_over_memory_median_paired": statistics.median(paired)}
     return out
 
 
@@ -327,12 +337,14 @@ def main(argv=None) -> None:
 def summary(result: dict, args) -> str:
     t = result["throughput"]
     rows = [[name, f"{m['train_memory']:.0f}", f"{m['train_streamed']:.0f}",
-             f"{m['streamed_over_memory']:.2f}", f"{m['load_over_train']:.2f}"]
+             f"{m['streamed_over_memory_median_paired']:.2f}", f"{m['load_over_train']:.2f}"]
             for name, m in t["models"].items()]
-    lines = [f"load rate (images/s, num_workers 2): none {t['median_images_per_s']['load_none']:.0f}, "
-             f"standard augmentation {t['median_images_per_s']['load_standard']:.0f}",
-             markdown_table(["model", "train from memory", "train streamed", "streamed/memory",
-                             "load/train"], rows)]
+    rates = t["median_images_per_s"]
+    lines = [f"load rate (images/s, num_workers 2): none {rates['load_none']:.0f}, standard "
+             f"augmentation {rates['load_standard']:.0f}; num_workers 0: {rates['load_none_w0']:.0f}, "
+             f"1: {rates['load_none_w1']:.0f}",
+             markdown_table(["model", "train from memory", "train streamed",
+                             "streamed/memory (median paired)", "load/train"], rows)]
     m = result["memory"]
     lines.append(f"peak memory: {m['peak_self_mb']} MB; large/small {m['large_over_small']:.3f}")
     lines.append(f"fingerprint seconds: {result['fingerprint_seconds']}")

@@ -32,11 +32,16 @@ def test_split_folders_give_sorted_classes_images_and_labels(digit_folder):
     assert d.facts["layout"] == "splits" and d.facts["mean_std"].startswith("computed from 180")
 
 
-def test_evaluation_batches_are_bounded_in_bytes(digit_folder):
-    from compress.data.imagefolder import CHUNK_BYTES
-    d = _load(digit_folder, image_size=512)
+def test_evaluation_batches_are_bounded_in_bytes(digit_folder, monkeypatch):
+    from compress.data import imagefolder
+    monkeypatch.setattr(imagefolder, "CHUNK_BYTES", 7 * 4 * 3 * 16 * 16 + 5)
+    d = _load(digit_folder, image_size=16, mean=[0.5] * 3, std=[0.25] * 3)
     sizes = [len(y) for _, y in d.test.chunks(4096)]
-    assert max(sizes) == CHUNK_BYTES // (4 * 3 * 512 * 512) and sum(sizes) == len(d.test)
+    assert max(sizes) == 7 and sum(sizes) == len(d.test)
+    assert torch.equal(torch.cat([y for _, y in d.test.chunks(4096)]), d.test.labels)
+    monkeypatch.setattr(imagefolder, "EVAL_BATCH", 5)  # and at most EVAL_BATCH images
+    d = _load(digit_folder, image_size=16, mean=[0.5] * 3, std=[0.25] * 3)
+    assert max(len(y) for _, y in d.test.chunks(4096)) == 5
 
 
 def test_computed_mean_and_std_normalise_the_training_images(digit_folder):

@@ -1,5 +1,5 @@
 """The table preprocessing graph: every column type, unseen categories and the MLflow pyfunc
-DataFrame path give what compress.data.table.encode + the network give."""
+DataFrame path give what compress.data.table_encoding.encode + the network give."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_every_column_type_matches_the_encoded_rows(mixed, tmp_path):
 
 
 def test_unseen_categories_encode_as_zeros_like_the_data_layer(mixed, tmp_path):
-    from compress.data.table import encode
+    from compress.data.table_encoding import encode
     import pandas as pd
     data, model = mixed
     rows = pd.DataFrame({"size": [4.0, 6.5], "count": [3, 40], "flag": [True, False],

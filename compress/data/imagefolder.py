@@ -29,14 +29,17 @@ from pydantic import Field, field_validator, model_validator
 from compress.data.base import DataBundle, StreamSplit
 from compress.data.filebacked import StreamOptions
 from compress.data.files import FileStat, files_digest, stat_file
-from compress.data.images import (IMAGE_EXTENSIONS, center_box, image_size, normalise,
-                                  open_image, random_box, sample_rng, to_tensor)
+from compress.data.images import (IMAGE_EXTENSIONS, center_box, channel_tensor, image_size,
+                                  normalise, open_image, random_box, sample_rng, to_tensor)
 from compress.data.splitting import SPLITS, Fractions, check_classes, stratified
 from compress.errors import UserError
 from compress.registry import register_dataset
 
 STATS_SAMPLE = 512  # train images decoded to compute mean/std when they are not given
-CHUNK_BYTES = 64 << 20  # evaluation reads at most this many bytes of images per batch
+# Evaluation batches: at most EVAL_BATCH images and CHUNK_BYTES of inputs, so the memory of a
+# batch (its activations above all) does not grow with the size of the val or test split.
+EVAL_BATCH = 256
+CHUNK_BYTES = 64 << 20
 HEADER_SAMPLE = 32  # files per split whose header is read up front
 
 
@@ -173,6 +176,7 @@ class ImageFiles(torch.utils.data.Dataset):
         self.root, self.rels, self.labels = str(root), rels, labels
         self.size, self.channels, self.mean, self.std = size, channels, mean, std
         self.crop_scale, self.seed = crop_scale, None
+        self._mean, self._std = channel_tensor(mean), channel_tensor(std)  # built once
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -189,7 +193,7 @@ class ImageFiles(torch.utils.data.Dataset):
             rng = sample_rng(self.seed, i)
             box = random_box(w, h, rng, self.crop_scale)
             x = to_tensor(img, self.size, box, flip=bool(rng.random() < 0.5))
-        return normalise(x, self.mean, self.std), int(self.labels[i])
+        return normalise(x, self._mean, self._std), int(self.labels[i])
 
     def augmented(self, seed: int) -> "ImageFiles":
         if self.crop_scale is None:
@@ -215,7 +219,7 @@ def load_imagefolder(p: ImageFolderParams) -> DataBundle:
     given = p.mean is not None
     mean, std = (p.mean, p.std) if given else pixel_stats(plain["train"], p)
     scale = p.crop_scale if p.augment == "standard" else None
-    chunk = max(1, CHUNK_BYTES // (4 * p.channels * size[0] * size[1]))
+    chunk = max(1, min(EVAL_BATCH, CHUNK_BYTES // (4 * p.channels * size[0] * size[1])))
     splits = {s: StreamSplit(ImageFiles(layout.root, rels, labels, size, p.channels, mean, std,
                                         scale if s == "train" else None),
                              torch.from_numpy(labels), p.num_workers, p.pin_memory, chunk)

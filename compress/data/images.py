@@ -106,10 +106,14 @@ def to_tensor(img, size: tuple[int, int], box: Box, flip: bool = False) -> torch
     return arr.to(torch.float32).div_(255.0)
 
 
-def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    m = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
-    return x.sub_(m).div_(s)
+def channel_tensor(values: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Per-channel values as a float32 (C, 1, 1) tensor, to broadcast over an image."""
+    return torch.as_tensor(values, dtype=torch.float32).reshape(-1, 1, 1)
+
+
+def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """(x - mean) / std per channel, in place (mean, std: sequences or channel tensors)."""
+    return x.sub_(channel_tensor(mean)).div_(channel_tensor(std))
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:

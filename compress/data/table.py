@@ -1,15 +1,10 @@
 """`table`: a CSV, Parquet or NPZ file of rows, a `target` column and feature columns.
 
-Encoding (what `preprocess` describes, and what the exported ONNX model does in front of the
-network, so a served model takes RAW rows: compress.export.preprocess):
-  - numeric and boolean columns: (x - mean) / std with the TRAIN split's mean and std (std 0
-    becomes 1), in float64, then float32;
-  - categorical columns: one-hot over the categories seen in the train split (sorted); a value
-    never seen in train encodes as all zeros. Strings are categorical unless
-    `data.categorical` lists the categorical columns; then any other non-numeric column is an
-    error. Categorical numbers must be whole (codes).
-  - the network's input: the numeric columns (in `features` order), then each categorical's
-    one-hot block.
+Numeric and boolean columns are standardised, categorical ones one-hot encoded
+(compress.data.table_encoding; the exported ONNX model does the same in front of the network,
+so a served model takes RAW rows). Strings are categorical unless `data.categorical` lists the
+categorical columns; then any other non-numeric column is an error. Categorical numbers must
+be whole (codes).
 
 Memory: a table is held in memory, as pandas reads it (raw columns, kept for exports and raw
 checks) and as the encoded float32 matrix. "Too big" means a file larger than
@@ -31,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from compress.data.base import DataBundle, Split
 from compress.data.files import paths_digest
 from compress.data.splitting import SPLITS, Fractions, check_classes, stratified
+from compress.data.table_encoding import encode, encoded_names, fit_columns, raw_columns
 from compress.data.table_io import read_table, table_format
 from compress.errors import UserError
 from compress.registry import register_dataset
@@ -182,72 +178,6 @@ def class_values(column, name: str) -> np.ndarray:
     return values.astype(str)
 
 
-# ------------------------------------------------------------------------------ encoding
-def fit_columns(train, specs: list[dict], p: TableParams) -> list[dict]:
-    """Each column's encoding from the train split: mean/std, or the sorted categories."""
-    out = []
-    for s in specs:
-        values = train[s["name"]].to_numpy()
-        if s["kind"] == "numeric":
-            x = values.astype(np.float64)
-            std = float(x.std())
-            out.append({**s, "mean": float(x.mean()), "std": std if std > 0 else 1.0})
-            continue
-        cats = np.unique(category_values(values, s))
-        if len(cats) > p.max_categories:
-            raise UserError(f"categorical column {s['name']!r} has {len(cats)} distinct values "
-                            f"in train; one-hot encoding it would add {len(cats)} inputs (more "
-                            "than data.max_categories); leave it out of data.features or raise "
-                            "the limit")
-        out.append({**s, "categories": [c.item() for c in cats]})
-    return out
-
-
-def category_values(values: np.ndarray, spec: dict) -> np.ndarray:
-    """A categorical column's values as the encoder compares them: strings or int64 codes."""
-    if spec["type"] == "string":
-        return values.astype(str)
-    if spec["type"] == "double" and not np.all(values == np.round(values)):
-        raise UserError(f"categorical column {spec['name']!r} holds non-integer numbers; "
-                        "categorical numbers must be whole (codes)")
-    return values.astype(np.int64)
-
-
-def encoded_names(columns: list[dict]) -> list[str]:
-    numeric = [c["name"] for c in columns if c["kind"] == "numeric"]
-    return numeric + [f"{c['name']}={v}" for c in columns if c["kind"] == "categorical"
-                      for v in c["categories"]]
-
-
-def encode(frame, columns: list[dict]) -> np.ndarray:
-    """The network's float32 input rows (see the module docstring for the layout)."""
-    numeric = [c for c in columns if c["kind"] == "numeric"]
-    blocks = []
-    if numeric:
-        x = np.stack([frame[c["name"]].to_numpy().astype(np.float64) for c in numeric], axis=1)
-        mean = np.array([c["mean"] for c in numeric])
-        std = np.array([c["std"] for c in numeric])
-        blocks.append(((x - mean) / std).astype(np.float32))
-    for c in columns:
-        if c["kind"] == "categorical":
-            values = category_values(frame[c["name"]].to_numpy(), c)
-            cats = np.array(c["categories"], dtype=None if c["type"] == "string" else np.int64)
-            blocks.append((values[:, None] == cats[None, :]).astype(np.float32))
-    return np.concatenate(blocks, axis=1)
-
-
-def raw_columns(frame, columns: list[dict]) -> dict[str, np.ndarray]:
-    """Raw rows as a served model takes them: one 1-D array per feature column, typed
-    (string: str objects, long: int64, double: float64, boolean: bool)."""
-    kinds = {"string": object, "long": np.int64, "double": np.float64, "boolean": np.bool_}
-    out = {}
-    for c in columns:
-        values = frame[c["name"]].to_numpy()
-        out[c["name"]] = (values.astype(str).astype(object) if c["type"] == "string"
-                          else values.astype(kinds[c["type"]]))
-    return out
-
-
 # ------------------------------------------------------------------------------ loader
 @register_dataset("table", params=TableParams,
                   summary="your table (CSV, Parquet or NPZ): a target column, numeric and "
@@ -260,7 +190,7 @@ def load_table(p: TableParams) -> DataBundle:
     names = [str(c) for c in classes]
     check_classes(names, {s: {str(v) for v in np.unique(v)} for s, v in labels_raw.items()},
                   f"table column {p.target!r}")
-    columns = fit_columns(frames["train"], specs, p)
+    columns = fit_columns(frames["train"], specs, p.max_categories)
     width = len(encoded_names(columns))
     rows = sum(len(f) for f in frames.values())
     if rows * width * 4 > p.max_memory_mb * 2**20:

@@ -6,7 +6,7 @@ read (double, long, boolean: numeric; string or whole numbers: categorical).
     categorical     -> ai.onnx.ml OneHotEncoder(train categories, zeros=1: unseen -> all 0)
     Concat(numeric block, one-hot blocks) -> the network (its tensors prefixed "net/")
 
-That is exactly compress.data.table.encode (float64 arithmetic, then float32), so the model
+That is exactly compress.data.table_encoding.encode (float64 arithmetic, then float32), so the model
 on raw rows matches PyTorch on the encoded rows. Only standard ops of the default domain that
 exist since opset 7 (the network's opset is kept) plus ai.onnx.ml OneHotEncoder v1; an MLflow
 pyfunc DataFrame maps column by column onto the inputs.
