@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pathlib import Path
+
 import torch
 
 from compress.data.base import DataBundle, Split
@@ -29,6 +31,12 @@ CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "
 
 class Cifar10Params(RootParams):
     root_help: ClassVar[str] = f"the folder that holds {CIFAR10_FOLDER} (torchvision layout)"
+
+    def data_files(self) -> list[Path]:
+        return [self.root_path() / CIFAR10_FOLDER / f for f in CIFAR10_FILES]
+
+    def missing_message(self) -> str:
+        return cifar10_missing_message(self.root_path())
     files: ClassVar[tuple[str, ...]] = tuple(f"{CIFAR10_FOLDER}/{f}" for f in CIFAR10_FILES)
 
 

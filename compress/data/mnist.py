@@ -69,6 +69,21 @@ class RootParams(BaseModel):
     def root_path(self) -> Path:
         return Path(os.path.expanduser(self.root or "")).resolve()
 
+    def data_files(self) -> list[Path]:
+        """The files the dataset reads under root (each dataset names its own)."""
+        raise NotImplementedError
+
+    def files_digest(self) -> str:
+        """Joins stage identities: replaced or edited files are a different dataset."""
+        from compress.data.files import paths_digest
+        files = self.data_files()
+        if not all(f.is_file() for f in files):
+            raise UserError(self.missing_message())
+        return paths_digest(files)
+
+    def missing_message(self) -> str:
+        raise NotImplementedError
+
     def files_digest(self) -> str:
         """Fingerprint of the dataset's files (missing ones are left to the loader to name)."""
         from compress.data.files import files_digest, stat_file
@@ -121,6 +136,12 @@ def load_mnist5k(p: Mnist5kParams) -> DataBundle:
 
 class MnistParams(RootParams):
     root_help: ClassVar[str] = "the folder that holds MNIST/raw (torchvision layout)"
+
+    def data_files(self) -> list[Path]:
+        return [self.root_path() / "MNIST" / "raw" / f for f in MNIST_RAW]
+
+    def missing_message(self) -> str:
+        return mnist_missing_message(self.root_path())
     files: ClassVar[tuple[str, ...]] = tuple(f"MNIST/raw/{f}" for f in MNIST_RAW)
 
 
