@@ -190,7 +190,7 @@ class Flow:
 
     # ------------------------------------------------------------------ modules
     def call_module(self, node: fx.Node, mod: nn.Module):
-        from compress.models.attention import PrunedAttention
+        from compress.core.attention import PrunedAttention
         name = str(node.target)
         args = [self.value(a) for a in node.args]
         x = args[0] if args else None

@@ -86,7 +86,7 @@ class ChannelGraph:
 # ---------------------------------------------------------------------------- tracing
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from compress.models.attention import PrunedAttention
+        from compress.core.attention import PrunedAttention
         return isinstance(m, PrunedAttention) or super().is_leaf_module(m, qualname)
 
 

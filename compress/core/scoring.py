@@ -99,7 +99,7 @@ def filter_l1(model: torch.nn.Module, group) -> torch.Tensor:
     (conv) or row (linear) producing it, summed over coupled layers (a residual sum's convs);
     for an attention head, over its query, key and value rows."""
     from compress.core.masking import PRUNABLE_TYPES
-    from compress.models.attention import PrunedAttention
+    from compress.core.attention import PrunedAttention
     kinds = PRUNABLE_TYPES + (torch.nn.MultiheadAttention, PrunedAttention)
     pairs = ((s.abs().sum(1), u) for s, u in
              _producer_slices(model, group, kinds, {"weight", "in_proj_weight"}))

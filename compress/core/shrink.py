@@ -1,6 +1,6 @@
 """The export's structural shrink, in one place: which shrink a model gets is decided here.
 
-- an MLP (compress.models.mlp): dead hidden units and unread input features go, constant units
+- an MLP (a module declaring `shrink_kind = "mlp"`, e.g. compress.models.mlp): dead hidden units and unread input features go, constant units
   fold into the next bias (compress.core.structure);
 - any other model torch.fx can trace, physically pruned before or not (CNNs, vision
   transformers, models rebuilt from an architecture spec): dead channels and attention heads
@@ -27,9 +27,8 @@ def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, example: 
     or `model` itself with spec['shrunk'] False and the reason when nothing can be removed,
     or (unless `strict`) when the model cannot be analysed. `strict` also refuses dead
     channels that only surgery could remove (a LayerNorm over them)."""
-    from compress.models.mlp import MLP
-    if isinstance(model, MLP):
-        from compress.core.structure import shrink_mlp
+    from compress.core.structure import is_mlp, shrink_mlp
+    if is_mlp(model):
         return shrink_mlp(model, masks)
     from compress.core.channels import ShrinkUnsupported, shrink_channels
     from compress.core.widths import rule
@@ -61,3 +60,21 @@ def reference(model: nn.Module, spec: dict, example: torch.Tensor) -> nn.Module:
     groups = channel_graph(ref, example).groups
     apply_masks(ref, channel_masks(ref, example, live, groups))
     return ref
+
+
+def structure(model: nn.Module, masks: Mapping[str, torch.Tensor] | None) -> dict:
+    """What a stage records of its model's structure: for an MLP, connections (live), hidden
+    units (kept / constant / dead) and input features; for other models the connections, and
+    the output channels (units) of every prunable layer but the last that keep any weight."""
+    from compress.core.masking import prunable_parameters
+    from compress.core.structure import is_mlp, structure_report
+    if is_mlp(model):
+        return structure_report(model, masks)
+    params = prunable_parameters(model)
+    kept = {n: (masks[n] if masks and n in masks else torch.ones(p.shape, dtype=torch.bool))
+            for n, p in params.items()}
+    hidden = list(kept.values())[:-1]
+    return {"connections": {"kept": sum(int(m.sum()) for m in kept.values()),
+                            "total": sum(p.numel() for p in params.values())},
+            "channels": {"kept": sum(int(m.flatten(1).any(1).sum()) for m in hidden),
+                         "total": sum(m.shape[0] for m in hidden)}}

@@ -24,9 +24,16 @@ from torch import nn
 
 from compress.core.live import live_connections, unit_states
 from compress.errors import UserError
-from compress.models.mlp import MLP
 
 SHRINK_HINT = "export with masks only (--set export.shrink=false)"
+
+
+def is_mlp(model: nn.Module) -> bool:
+    """A module declaring the MLP contract (`shrink_kind = "mlp"`: flatten, then `layers` with
+    ReLU between them), with that class's own forward (a subclass may not change it)."""
+    cls = type(model)
+    declaring = next((c for c in cls.__mro__ if c.__dict__.get("shrink_kind") == "mlp"), None)
+    return declaring is not None and cls.forward is declaring.forward
 
 
 @dataclass
@@ -69,7 +76,7 @@ class ShrunkMLP(nn.Module):
 
 def _check_mlp(model: nn.Module) -> list[nn.Linear]:
     """The model's Linear layers, or a UserError naming what the shrink cannot handle."""
-    if not isinstance(model, MLP) or type(model).forward is not MLP.forward:
+    if not is_mlp(model):
         raise UserError(
             f"structural shrink supports the 'mlp' model only, got {type(model).__name__}; "
             f"{SHRINK_HINT}"
@@ -146,7 +153,7 @@ def _drop_unread_units(w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tens
     return n
 
 
-def _plan(model: MLP, masks: Mapping[str, torch.Tensor] | None) -> _Plan:
+def _plan(model: nn.Module, masks: Mapping[str, torch.Tensor] | None) -> _Plan:
     layers = _check_mlp(model)
     weights, biases, kept = _effective(layers, masks)
     # Counted on the weights before the fold below rewrites them.
@@ -213,7 +220,7 @@ def _module_params(layers: list[nn.Linear]) -> int:
     return sum(p.numel() for layer in layers for p in layer.parameters())
 
 
-def _report(model: MLP, plan: _Plan, shrunk_layers: list[nn.Linear]) -> dict:
+def _report(model: nn.Module, plan: _Plan, shrunk_layers: list[nn.Linear]) -> dict:
     """Counts shared by structure_report and the shrink spec (JSON-serialisable ints only)."""
     dense = list(model.layers)
     hidden_total = [layer.out_features for layer in dense[:-1]]
@@ -243,7 +250,7 @@ def _report(model: MLP, plan: _Plan, shrunk_layers: list[nn.Linear]) -> dict:
     }
 
 
-def shrink_mlp(model: MLP, masks: Mapping[str, torch.Tensor] | None = None
+def shrink_mlp(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None
                ) -> tuple[nn.Module, dict]:
     """A smaller module computing exactly the masked `model`'s function, and its spec.
 
@@ -273,7 +280,7 @@ def shrink_mlp(model: MLP, masks: Mapping[str, torch.Tensor] | None = None
     return shrunk, spec
 
 
-def structure_report(model: MLP, masks: Mapping[str, torch.Tensor] | None = None) -> dict:
+def structure_report(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> dict:
     """Connections, hidden units, input features, params and MACs: dense vs after the shrink."""
     plan = _plan(model, masks)
     return _report(model, plan, _build_layers(plan, torch.float32))
@@ -282,7 +289,7 @@ def structure_report(model: MLP, masks: Mapping[str, torch.Tensor] | None = None
 def count_macs(module: nn.Module, example_input: torch.Tensor) -> int:
     """Multiply-adds per sample of the Linear, Conv and attention layers `module` runs on
     `example_input` (attention: the q/k/v and output projections and both matmuls)."""
-    from compress.models.attention import PrunedAttention
+    from compress.core.attention import PrunedAttention
     total = 0
     attention = [m for m in module.modules() if isinstance(m, (nn.MultiheadAttention,
                                                                PrunedAttention))]

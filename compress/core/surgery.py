@@ -128,7 +128,7 @@ def _cells_even(cells: torch.Tensor, removed: Sequence[int]) -> bool:
 
 def _fix_modules(model: nn.Module, touched: set[str]) -> None:
     """Each touched module's width attributes from its (new) parameters."""
-    from compress.models.attention import PrunedAttention
+    from compress.core.attention import PrunedAttention
     for name in sorted(touched, key=len, reverse=True):
         if name.endswith(".out_proj"):  # the attention owning it is fixed below
             touched.add(name.rpartition(".")[0])
@@ -152,7 +152,7 @@ def _fix_modules(model: nn.Module, touched: set[str]) -> None:
 
 
 def _as_pruned_attention(mod: nn.Module) -> nn.Module:
-    from compress.models.attention import PrunedAttention
+    from compress.core.attention import PrunedAttention
     new = PrunedAttention.like(mod)
     new.in_proj_weight = nn.Parameter(mod.in_proj_weight.detach().clone())
     if mod.in_proj_bias is not None:

@@ -20,6 +20,10 @@ class MLPParams(BaseModel):
 class MLP(nn.Module):
     """x -> [Linear -> ReLU] * len(hidden) -> Linear. Layers live in `self.layers`."""
 
+    # The structural shrink's contract (compress.core.shrink): a flattened input through
+    # `self.layers` with ReLU between them. Core code reads this, never imports the class.
+    shrink_kind = "mlp"
+
     def __init__(self, in_features: int, hidden: list[int], out_features: int, bias: bool = True):
         super().__init__()
         widths = [in_features, *hidden, out_features]

@@ -14,6 +14,7 @@ from compress.core import dist
 from compress.core.loop import fit
 from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
 from compress.core.masks import MaskSet
+from compress.core.shrink import structure
 from compress.errors import UserError
 from compress.stages.artifacts import INIT, WEIGHTS, StageInfo, plot_curve, plot_density, save_state
 from compress.stages.runner import (StageEnv, Work, architecture, build, data_record, load_data,
@@ -230,20 +231,3 @@ def _finish(tmp: Path, model, masks: MaskSet, src: StageInfo, data, history, ext
              "dense_train": src.record.get("dense_train"), "dense_seed": src.record.get("dense_seed"),
              "dense_source": dense_source(src)}
     return Work(files, split_metrics(model, data), masks.density(), history, extra)
-
-
-def structure(model, masks: MaskSet | None) -> dict:
-    """Connections / units / features kept, for MLPs; for other models the connections, and the
-    output channels (units) of every prunable layer but the last that keep any weight."""
-    from compress.models.mlp import MLP
-    if isinstance(model, MLP):
-        from compress.core.structure import structure_report
-        return structure_report(model, masks)
-    params = prunable_parameters(model)
-    kept = {n: (masks[n] if masks and n in masks else torch.ones(p.shape, dtype=torch.bool))
-            for n, p in params.items()}
-    hidden = list(kept.values())[:-1]
-    return {"connections": {"kept": sum(int(m.sum()) for m in kept.values()),
-                            "total": sum(p.numel() for p in params.values())},
-            "channels": {"kept": sum(int(m.flatten(1).any(1).sum()) for m in hidden),
-                         "total": sum(m.shape[0] for m in hidden)}}
