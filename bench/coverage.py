@@ -117,7 +117,7 @@ def run_compress(model, x, args, path: Path) -> dict:
     from compress.core.shrink import reference, shrink
     from compress.core.structure import count_macs
     from compress.export.onnx import check_parity, export_onnx
-    from compress.methods.structured import L1Filter, L1FilterParams
+    from compress.methods.structured.method import L1Filter, L1FilterParams
     started = time.perf_counter()
     result = L1Filter().run(L1FilterParams(sparsity=args.sparsity, linear=True, finetune="0ep"),
                             _context(model, x[:1]))

@@ -83,7 +83,7 @@ def _context(model, example):
 def channel_masks_at(name: str, sparsity: float, example: torch.Tensor, round_to: int = 1):
     """The model at dense init, pruned by l1filter at `sparsity` (masks applied, or cut), its
     masks and the result's channel density."""
-    from compress.methods.structured import L1Filter, L1FilterParams
+    from compress.methods.structured.method import L1Filter, L1FilterParams
     from compress.models.base import build_model
     torch.manual_seed(0)
     model = build_model(f"torchvision:{name}", {}, tuple(example.shape[1:]), 1000).eval()

@@ -13,7 +13,7 @@ from compress.core.masking import prunable_parameters
 from compress.core.masks import MaskSet
 from compress.errors import UserError
 from compress.methods.base import PruneContext
-from compress.methods.structured import BNScalePenalty, L1Filter, L1FilterParams, Slimming
+from compress.methods.structured.method import BNScalePenalty, L1Filter, L1FilterParams, Slimming
 
 l1filter, slimming = L1Filter(), Slimming()
 from compress.stages.runner import build, load_data

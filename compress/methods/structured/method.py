@@ -7,7 +7,7 @@ and ConvNeXt MLPs), an attention layer's heads. Where zeroing a channel's slices
 exactly, the result is a mask, like every other method's: the channel is exactly zero, stays
 zero through fine-tuning, and the export removes it physically (`export.shrink`). Where it does
 not (a LayerNorm normalising over the channels), the method cuts the smaller model and
-fine-tunes that (compress.core.channel_pruning); the stage records the architecture spec that
+fine-tunes that (pruning.py beside this file); the stage records the architecture spec that
 rebuilds it.
 
 Which groups are pruned (`coupled`, `linear`, `heads`, `physical`, `keep_dense`): by default
@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from compress.core import channel_pruning as cp
+from compress.methods.structured import pruning as cp
 from compress.core import scoring
 from compress.core.channels import ChannelGroup, channel_graph, groups_by_name
 from compress.core.loop import BaseHook
