@@ -23,6 +23,30 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
+@pytest.fixture(autouse=True)
+def mlflow_uris_do_not_leak():
+    """mlflow.set_tracking_uri/set_registry_uri also export MLFLOW_*_URI to os.environ, where
+    every later subprocess (a user's training script, the CLI) would inherit them: a test that
+    calls them must not move the next test's registry."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    import sys
+    if "mlflow" in sys.modules:  # and the module-level URIs mlflow keeps
+        import mlflow
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"] or "")
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"] or "")
+        for k, v in saved.items():  # set_*_uri just re-exported them
+            if v is None:
+                os.environ.pop(k, None)
+
+
 TINY = {
     "data": {"name": "xor", "k": 2, "p": 6, "n_train": 256, "n_val": 128, "n_test": 128},
     "model": {"name": "mlp", "hidden": [16]},

@@ -169,8 +169,10 @@ def test_a_model_trained_with_plain_pytorch_is_pruned_and_served(folder, tmp_pat
 
 
 def test_the_same_flow_from_the_mlflow_registry(folder, tmp_path, monkeypatch):
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])  # rebuilding reads it
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)  # rebuilding the model in this process reads it
     monkeypatch.chdir(tmp_path)
     accuracy = _train(folder, tmp_path, "file", epochs=6, env=env, register="pngs-net")
     out = compress_json("prune", "--from", "models:/pngs-net@champion", "--method", "l1filter",
