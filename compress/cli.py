@@ -14,7 +14,7 @@ import typer
 
 import contextlib
 
-from compress.errors import GateFailed, Interrupted, UserError
+from compress.errors import Diverged, GateFailed, Interrupted, TrackingLost, UserError
 
 # Plain click help: rich-formatted help costs ~150 ms of imports on every `--help`.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -497,7 +497,7 @@ def main() -> None:
     dist.setup()  # only under torchrun (WORLD_SIZE > 1): join the group; rank 0 alone prints
     try:
         app()
-    except (UserError, GateFailed, Interrupted) as e:
+    except (UserError, GateFailed, Interrupted, Diverged, TrackingLost) as e:
         print(e if isinstance(e, (Interrupted, GateFailed)) else f"error: {e}", file=sys.stderr)
         if isinstance(e, Interrupted):
             _forget_keyboard_interrupt()

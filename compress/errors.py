@@ -17,3 +17,16 @@ class Interrupted(Exception):
     """Ctrl-C during a stage: the unfinished stage's folder was discarded (exit 130)."""
 
     exit_code = 130
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite: the stage stopped at once, nothing written (exit 4)."""
+
+    exit_code = 4
+
+
+class TrackingLost(Exception):
+    """The tracking server stopped answering mid-run: finished stage folders are kept and a
+    re-run completes their MLflow runs (exit 5)."""
+
+    exit_code = 5
