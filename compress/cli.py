@@ -5,7 +5,6 @@ Heavy modules (torch, mlflow, onnx) are imported inside the commands so `--help`
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -63,17 +62,23 @@ class Invocation:
         self.seed, self.out, self.as_json, self.track = seed, out, as_json, track
 
     def env(self, base: list[dict] | None = None):
+        """The stage environment, after every check that needs no stage (compress.preflight):
+        a mistake found there leaves no store, folder or run behind."""
+        from compress import preflight
         from compress.config import tracking_settings
         from compress.stages.runner import StageEnv
         from compress.tracking import make_tracker
+        preflight.check([*(base or []), *self.layers], track=self.track, out=self.out)
         # Only the tracking section: the rest may need the source stage's config (e.g.
         # --set data.num_workers=0 for a source on an image folder), validated with it later.
         tracking = tracking_settings(*(base or []), *self.layers)
         tracker = make_tracker(self.track and tracking.enabled, tracking.experiment)
-        return StageEnv(tracker=tracker, progress=not self.as_json)
+        return StageEnv(tracker=tracker)  # status lines on stderr, --json or not
 
-    def source(self, ref: str, env):
-        """A stage folder, or an MLflow run id resolved to one."""
+    def local_source(self, ref: str):
+        """A stage folder read before any tracker exists; None for an MLflow run id (checked
+        for its form and its store, then fetched by `source`)."""
+        from compress import preflight
         from compress.stages.artifacts import read_stage
         if ref.startswith("models:/"):
             raise UserError(f"{ref} is a registered model, not a stage: compress it with "
@@ -84,7 +89,15 @@ class Invocation:
             return read_stage(path)
         if "/" in ref or ref.startswith("."):
             raise UserError(f"{ref} does not exist; pass a stage folder or an MLflow run id")
-        return read_stage(env.tracker.fetch_run(ref, Path(".compress-cache") / ref))
+        preflight.check_run_id(ref, self.track)
+        return None
+
+    def source(self, ref: str, env):
+        """A stage folder, or an MLflow run id resolved to one."""
+        from compress.stages.artifacts import read_stage
+        found = self.local_source(ref)
+        return found if found is not None else \
+            read_stage(env.tracker.fetch_run(ref, Path(".compress-cache") / ref))
 
     def config(self, src=None):
         from compress.config import resolve
@@ -104,8 +117,10 @@ def _interruptible(message: str = "interrupted: the unfinished stage's outputs w
 
 def _single(stage: str, inv: Invocation, src_ref: str | None) -> None:
     from compress.stages.pipeline import run_one
-    env = inv.env()
-    src = inv.source(src_ref, env) if src_ref else None
+    src = inv.local_source(src_ref) if src_ref else None
+    env = inv.env(base=[src.record["config"]] if src is not None else None)
+    if src_ref and src is None:
+        src = inv.source(src_ref, env)
     with _interruptible():
         record = run_one(stage, inv.config(src), env, src, inv.out)
     _emit(record, inv.as_json)
@@ -235,7 +250,7 @@ def pipeline_status(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")]
     env = inv.env(base=[spec.config])
     rows = status_rows(spec, inv.layers, inv.seed, root, lambda ref: inv.source(ref, env))
     if as_json:
-        print(json.dumps({"pipeline": spec.name, "root": str(root), "stages": rows}))
+        print(_json({"pipeline": spec.name, "root": str(root), "stages": rows}))
         return
     width = max(len(r["id"]) for r in rows)
     for r in rows:
@@ -275,7 +290,7 @@ def sweep(file: Annotated[Path, typer.Argument(help="Sweep YAML (grid of methods
                            track=not isinstance(env.tracker, _null_tracker()),
                            experiment=tracking.experiment)
     if as_json:
-        print(json.dumps(result, default=str))
+        print(_json(result))
         return
     keys = [k for k in spec.grid]
     shown = ("test_accuracy", "test_auc")
@@ -319,7 +334,7 @@ def report(sweep_name: Annotated[Optional[str], typer.Option(
             tracker.log_artifacts(Path(result["files"]["markdown"]).parent, "report")
         result["logged_to"] = parent
     if as_json:
-        print(json.dumps(result))
+        print(_json(result))
         return
     print(Path(result["files"]["markdown"]).read_text())
     for kind, path in result["files"].items():
@@ -333,7 +348,7 @@ def methods(as_json: JsonOpt = False, plugin: PluginOpt = None) -> None:
     _load_plugins(plugin)
     entries = METHODS.entries()
     if as_json:
-        print(json.dumps({e.name: {"summary": e.summary, "origin": e.origin} for e in entries}))
+        print(_json({e.name: {"summary": e.summary, "origin": e.origin} for e in entries}))
         return
     width = max(len(e.name) for e in entries)
     for e in entries:
@@ -351,7 +366,7 @@ def _catalog(kind: str, as_json: bool) -> None:
     from compress.catalog import catalog, render
     from compress.registry import DATASETS, MODELS
     items = catalog({"dataset": DATASETS, "model": MODELS}[kind])
-    print(json.dumps(items, default=str) if as_json else render(items))
+    print(_json(items) if as_json else render(items))
 
 
 @app.command()
@@ -388,7 +403,7 @@ def registry_list(as_json: JsonOpt = False) -> None:
     """Registered models: versions, latest version, aliases."""
     models = _registry().models()
     if as_json:
-        print(json.dumps(models))
+        print(_json(models))
         return
     _print_rows([{**m, "aliases": ", ".join(f"{a}→v{v}" for a, v in m["aliases"].items())}
                  for m in models], ["name", "versions", "latest", "aliases"], "registered models")
@@ -400,7 +415,7 @@ def registry_show(name: Annotated[str, typer.Argument(help="Registered model nam
     """A model's versions with their aliases, lineage tags and metrics."""
     info = _registry().show(name)
     if as_json:
-        print(json.dumps(info))
+        print(_json(info))
         return
     keys = ("method", "density", "dataset", "metric.test_accuracy", "metric.test_auc", "source_run")
     rows = [{"version": v["version"], "aliases": ", ".join(v["aliases"]),
@@ -416,7 +431,7 @@ def registry_promote(name: Annotated[str, typer.Argument(help="Registered model 
     """Point an alias (default `champion`) at a version."""
     out = _registry().promote(name, version, alias)
     if as_json:
-        print(json.dumps(out))
+        print(_json(out))
     else:
         was = f" (was v{out['previous']})" if out["previous"] else ""
         print(f"{name}@{alias} -> v{out['version']}{was}")
@@ -430,7 +445,7 @@ def registry_compare(name: Annotated[str, typer.Argument(help="Registered model 
     """Two versions side by side: lineage tags, metrics, size, latency."""
     out = _registry().compare(name, v1, v2)
     if as_json:
-        print(json.dumps(out))
+        print(_json(out))
         return
     _print_rows(out["rows"], ["key", *out["versions"]], f"{name}: v{v1} vs v{v2}")
 
@@ -441,10 +456,15 @@ def _require(value: str | None, stage: str) -> None:
 
 
 # ------------------------------------------------------------------ output
+def _json(value) -> str:
+    from compress.report import strict_json
+    return strict_json(value)
+
+
 def _emit(record: dict, as_json: bool) -> None:
     from compress.report import stage_json, stage_table
     if as_json:
-        print(json.dumps(stage_json(record), default=str))
+        print(_json(stage_json(record)))
     else:
         stage_table(record)
 
@@ -474,7 +494,7 @@ def _emit_chain(result: dict, as_json: bool, main: str | None, gates=()) -> None
 def _print_summary(result: dict, summary: dict, as_json: bool, main: str | None) -> None:
     from compress.report import chain_table
     if as_json:
-        print(json.dumps(summary, default=str))
+        print(_json(summary))
     else:
         chain_table(result, main)
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 
 from compress.core.schedules import DurationStr
 
 from compress.errors import UserError
-from compress.vocab import Exporter, Precision, RetrainMode
+from compress.vocab import MAX_SEED, OPTIONS, Exporter, Precision, RetrainMode
 
 NAMED_SECTIONS = ("data", "model", "method")
 # Options of a named section that belong to every entry, so a change of `name` keeps them.
@@ -28,7 +28,7 @@ SHARED_KEYS = {"model": ("weights", "reset_head")}
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
 
 
 class TrainConfig(Strict):
@@ -142,7 +142,7 @@ class TrackingConfig(Strict):
 class Config(Strict):
     plugins: list[str] = Field(default_factory=list, description="modules (or .py files) that "
                                                                  "register methods, models, datasets")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     data: dict[str, Any] = Field(default_factory=lambda: {"name": "xor"})
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"})
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -282,18 +282,26 @@ def resolve(*layers: dict, seed: int | None = None) -> Config:
     return cfg
 
 
-def tracking_settings(*layers: dict) -> TrackingConfig:
-    """The tracking section the layers select (what a command needs before it reads its
-    source stage, whose config the other sections build on)."""
+def _section(name: str, model: type[BaseModel], layers: tuple[dict, ...]) -> BaseModel:
+    """One section as the layers select it (what a command checks before it reads its source
+    stage, whose config the other sections build on)."""
     merged: dict = {}
     for layer in layers:
-        section = layer.get("tracking")
+        section = layer.get(name)
         if isinstance(section, dict):
             merged = merge(merged, section)
     try:
-        return TrackingConfig(**merged)
+        return model(**merged)
     except ValidationError as e:
-        raise UserError(format_validation(e, prefix="tracking")) from None
+        raise UserError(format_validation(e, prefix=name)) from None
+
+
+def tracking_settings(*layers: dict) -> TrackingConfig:
+    return _section("tracking", TrackingConfig, layers)
+
+
+def export_settings(*layers: dict) -> ExportConfig:
+    return _section("export", ExportConfig, layers)
 
 
 def _validate_named(cfg: Config) -> None:

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
+
+
+def strict_json(value) -> str:
+    """JSON as every parser reads it: NaN and ±inf (a metric that is undefined) become null,
+    anything else non-JSON becomes its string."""
+    return json.dumps(_finite(value), default=str, allow_nan=False)
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _artifacts(record: dict) -> dict[str, str]:

@@ -30,7 +30,7 @@ from compress.core import dist
 from compress.core.masking import MaskEnforcer
 from compress.core.metrics import classification_metrics, distill_loss, loss_fn
 from compress.core.schedules import parse_duration, steps_per_epoch
-from compress.errors import UserError
+from compress.errors import Diverged, UserError
 
 
 class Hook(Protocol):
@@ -193,6 +193,8 @@ def _run_epoch(state: TrainState, net: nn.Module, split, batch_size: int, gen, h
         x, y = x.to(state.device), y.to(state.device)
         logits = net(x)
         loss = loss_fn(logits, y)
+        if world == 1:  # torchrun: every rank sees the epoch's all-reduced loss instead
+            _check_finite(loss, state)
         if state.teacher is not None:  # knowledge distillation from the frozen dense model
             teacher, distill = state.teacher
             with torch.no_grad():
@@ -217,17 +219,37 @@ def _run_epoch(state: TrainState, net: nn.Module, split, batch_size: int, gen, h
         advance(1, None)
     # Under torchrun each rank holds its share of every batch's mean loss; the sum is the mean.
     state.train_loss = float(dist.all_sum(torch.stack(losses)).mean()) if losses else float("nan")
+    if losses:
+        _check_finite(torch.tensor(state.train_loss), state)
+
+
+def _check_finite(loss: torch.Tensor, state: TrainState) -> None:
+    """Stop at the first non-finite loss: nothing trained after it means anything."""
+    if bool(torch.isfinite(loss.detach()).all()):
+        return
+    lr = state.optimizer.param_groups[0].get("lr") if state.optimizer.param_groups else None
+    raise Diverged(f"the training loss became {float(loss.detach().reshape(-1)[0])} at step "
+                   f"{state.step + 1} of {state.total_steps} (epoch {state.epoch}"
+                   f"{f', lr {lr:.3g}' if lr is not None else ''}): the learning rate is "
+                   "likely too high (or the data holds extreme values); lower the lr "
+                   "(train.lr, or the method's own) and run again")
 
 
 class _progress:
-    """A rich progress bar on stderr (only on a terminal); a no-op otherwise."""
+    """Progress on stderr: a rich bar on a terminal; otherwise (a CI log) a plain status line
+    at most every COMPRESS_PROGRESS_SECONDS (default 30 s)."""
 
     def __init__(self, label: str | None, total: int):
-        self.label, self.total, self.bar = label, total, None
+        self.label, self.total, self.bar, self.lines = label, total, None, None
+        self.done, self.info = 0, ""
 
     def __enter__(self):
         import sys
-        if self.label and sys.stderr.isatty() and dist.is_main():
+
+        from compress import status
+        if self.label and dist.is_main() and not sys.stderr.isatty():
+            self.lines = status.Throttle(status.every_seconds())
+        elif self.label and dist.is_main():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -238,13 +260,18 @@ class _progress:
         return self.advance
 
     def advance(self, n: int, row: dict | None) -> None:
-        if self.bar is None:
+        if self.bar is None and self.lines is None:
             return
-        info = ""
+        self.done += n
         if row:
             key = "val_auc" if "val_auc" in row else "val_accuracy"
-            info = f"{key} {row[key]:.3f}"
-        self.bar.update(self.task, advance=n, **({"info": info} if row else {}))
+            self.info = f"{key} {row[key]:.3f}" if key in row else ""
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n, **({"info": self.info} if row else {}))
+        elif self.lines.due():
+            from compress import status
+            status.say(f"{self.label}: step {self.done}/{self.total} "
+                       f"({100 * self.done / max(1, self.total):.0f}%) {self.info}".rstrip())
 
     def __exit__(self, *exc):
         if self.bar is not None:

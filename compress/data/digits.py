@@ -6,14 +6,16 @@ Served as 1x8x8 images, so conv nets take them as they are and MLPs flatten them
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from compress.vocab import OPTIONS
 
 from compress.data.base import DataBundle, split_three, standardise
 from compress.registry import register_dataset
 
 
 class DigitsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.25, gt=0, lt=0.5)
     seed: int = 0

@@ -14,13 +14,15 @@ import contextlib
 import json
 from typing import ClassVar, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from compress.vocab import OPTIONS
 
 
 class StreamOptions(BaseModel):
     """How a streamed dataset is read: decoding worker processes and pinned memory."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     num_workers: int = Field(2, ge=0, description="decoding worker processes (0 = decode in "
                                                   "the training process); speed only")
     pin_memory: bool = Field(False, description="page-locked batches for faster copies to a "

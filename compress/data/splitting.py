@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from compress.vocab import OPTIONS
 
 from compress.errors import UserError
 
@@ -16,7 +18,7 @@ SPLITS = ("train", "val", "test")
 class Fractions(BaseModel):
     """How one source is cut into train/val/test when the splits are not given separately."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     val_fraction: float = Field(0.15, gt=0, lt=1, description="share of each class held out "
                                 "as val (when no separate val split is given)")
     test_fraction: float = Field(0.15, gt=0, lt=1, description="share of each class held out "

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from compress.vocab import OPTIONS
 
 from compress.data.base import DataBundle, split_three
 from compress.registry import register_dataset
 
 
 class XorParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     k: int = Field(3, ge=1, description="relevant coordinates (the XOR order)")
     p: int = Field(60, ge=1, description="total features; p - k are irrelevant")
     n_train: int = Field(3000, ge=1)

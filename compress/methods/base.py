@@ -22,7 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from compress.vocab import OPTIONS
 from torch import nn
 
 from compress.core.masks import MaskSet
@@ -55,7 +57,7 @@ class PruneResult:
 
 
 class MethodParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
 
 
 class Method:

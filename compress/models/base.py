@@ -21,7 +21,9 @@ import os
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
+
+from compress.vocab import OPTIONS
 from torch import nn
 
 from compress.errors import UserError
@@ -33,7 +35,7 @@ COMMON_KEYS = ("weights", "reset_head")
 class ModelOptions(BaseModel):
     """Options of every model, beside its own."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     weights: str | None = Field(None, description="trained weights: a .safetensors or "
                                                   ".pt/.pth state dict, loaded by the first stage")
     reset_head: bool = Field(False, description="replace a head whose class count differs from "

@@ -19,7 +19,9 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from compress.vocab import OPTIONS
 from torch import nn
 
 from compress.errors import UserError
@@ -55,7 +57,7 @@ def glorot_init(model: nn.Module) -> None:
 
 
 class ConvParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     width: float = Field(1.0, gt=0, description="multiplies every channel / hidden-unit count")
     batchnorm: bool = Field(False, description="BatchNorm after each convolution (not in the paper)")
     init: Literal["glorot", "pytorch"] = Field(

@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from compress.vocab import OPTIONS
 
 from compress.errors import UserError
 from compress.models.convnets import glorot_init
@@ -20,7 +22,7 @@ from compress.registry import register_model
 
 
 class LeNetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     hidden: list[int] = Field(default=[300, 100], description="hidden layer widths")
     init: Literal["glorot", "pytorch"] = Field(
         "glorot", description="glorot: Gaussian Glorot weights, zero biases (the paper); "

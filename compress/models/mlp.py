@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from compress.vocab import OPTIONS
 from torch import nn
 
 from compress.registry import register_model
 
 
 class MLPParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     hidden: list[int] = Field(default=[1024], description="hidden layer widths")
     bias: bool = True
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from compress.vocab import OPTIONS
 from torch import nn
 
 from compress.models.convnets import IMAGE_EXAMPLE, require_image, scaled
@@ -30,7 +32,7 @@ from compress.registry import register_model
 
 
 class ResNetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     width: float = Field(1.0, gt=0, description="multiplies every channel count (rho)")
     init: Literal["kaiming", "pytorch"] = Field(
         "kaiming", description="kaiming: He-normal convs, BN 1/0 (the paper); pytorch: defaults")

@@ -18,7 +18,9 @@ from __future__ import annotations
 import functools
 
 import torch
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, model_validator
+
+from compress.vocab import OPTIONS
 from torch import nn
 
 from compress.errors import UserError
@@ -34,7 +36,7 @@ NO_AUX = {"aux_logits": False, "init_weights": True}
 class TorchvisionParams(BaseModel):
     """No options of its own: a seeded random init, or the file in model.weights."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
 
     @model_validator(mode="before")
     @classmethod

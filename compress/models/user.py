@@ -22,7 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from compress.vocab import OPTIONS
 from torch import nn
 
 from compress.errors import UserError
@@ -30,7 +32,7 @@ from compress.registry import MODELS, Entry
 
 
 class FactoryParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     args: dict[str, Any] = Field(default_factory=dict,
                                  description="keyword arguments of the factory")
 

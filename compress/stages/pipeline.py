@@ -22,6 +22,8 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from compress.vocab import OPTIONS
+
 from compress.config import load_spec, resolve
 from compress.core import dist
 from compress.errors import UserError
@@ -33,7 +35,7 @@ FIRST_STAGES = ("import", "pretrain")  # stages that start a lineage (no `from`)
 
 
 class StageSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(**OPTIONS, populate_by_name=True)
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     stage: StageName
     from_: str | None = Field(None, alias="from")
@@ -50,7 +52,7 @@ class StageSpec(BaseModel):
 
 
 class PipelineSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     config: dict[str, Any] = Field(default_factory=dict)
     sources: dict[str, str] = Field(default_factory=dict, description="id -> folder or run id")

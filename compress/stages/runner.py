@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -15,9 +14,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from compress import status
 from compress.config import Config
 from compress.core import dist
 from compress.core.loop import evaluate
+from compress.errors import Diverged
 from compress.stages.artifacts import StageInfo, staging, write_record
 from compress.tracking.base import NullTracker, Tracker
 
@@ -36,9 +37,9 @@ class StageEnv:
         self.progress = self.progress and dist.is_main()  # under torchrun: rank 0 reports
 
     def log(self, message: str) -> None:
-        """One line on stderr per finished stage (kept out of stdout, which --json owns)."""
+        """A status line on stderr (stdout belongs to --json): what a CI log shows."""
         if self.progress:
-            print(message, file=sys.stderr, flush=True)
+            status.say(message)
 
 
 @dataclass
@@ -162,10 +163,12 @@ def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Wor
     out_dir = Path(out) if out else env.root / f"{stage}-{(method + '-') if method else ''}{sid[:10]}"
     tags = {"compress.stage": stage, "compress.id": sid, **({"compress.method": method} if method else {}),
             **({"compress.source_run": src.record.get("run_id", "")} if src else {})}
-    with env.tracker.run(stage if not method else f"{stage}:{method}", tags=tags) as run_id:
+    label = f"{stage}{':' + method if method else ''}"
+    env.log(f"{label} started -> {out_dir}")
+    with env.tracker.run(label, tags=tags) as run_id:
         with _stage_folder(out_dir) as tmp:
             started = time.perf_counter()
-            work = body(tmp)
+            work = _diverging(label, env, body, tmp)
             record = {
                 "stage": stage, "id": sid, "run_id": run_id, "method": method,
                 "config": cfg.dump(), "model_ref": model_reference(cfg.model),
@@ -177,9 +180,20 @@ def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Wor
             dist.on_main(lambda: _write(tmp, work, record))
         _track(env.tracker, cfg, work, out_dir)
     record = dist.from_main(record)
-    env.log(f"{stage}{':' + method if method else ''} done in {record['seconds']:.1f} s  "
+    env.log(f"{label} done in {record['seconds']:.1f} s  "
             f"{_headline(work.metrics)}density {work.density:.4g}  -> {out_dir}")
     return record
+
+
+def _diverging(label: str, env: StageEnv, body: Callable[[Path], Work], tmp: Path) -> Work:
+    """The body; a diverged loss names the stage, and its run says why it failed."""
+    try:
+        return body(tmp)
+    except Diverged as exc:
+        message = f"{label} diverged: {exc}"
+        with contextlib.suppress(Exception):  # the reason, on the run that ends FAILED
+            env.tracker.set_tags({"compress.error": message})
+        raise Diverged(message) from None
 
 
 def _write(tmp: Path, work: Work, record: dict) -> None:

@@ -24,7 +24,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
+
+from compress.vocab import OPTIONS
 
 from compress.config import load_spec, merge, parse_set
 
@@ -32,14 +34,14 @@ from compress.config import load_spec, merge, parse_set
 class Resources(BaseModel):
     """Ray task resources of one cell (Ray's own names and units)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     num_cpus: float = Field(1, ge=0, description="CPU slots; also the cell's torch threads")
     num_gpus: float = Field(0, ge=0, description="GPUs (set train.device: cuda to use them)")
     memory: int | None = Field(None, ge=0, description="bytes of memory to reserve")
 
 
 class SweepSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     config: dict[str, Any] = Field(default_factory=dict)
     pretrain: dict[str, Any] = Field(default_factory=dict)

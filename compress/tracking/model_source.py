@@ -25,7 +25,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+
+from compress.vocab import OPTIONS
 from torch import nn
 
 from compress.errors import UserError
@@ -38,7 +40,7 @@ _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-
 class RegistryModelParams(BaseModel):
     """No options: the registered module is the architecture."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS
 
 
 def parse(uri: str) -> tuple[str, str | None, str | None]:

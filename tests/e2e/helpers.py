@@ -65,11 +65,17 @@ def compress_json(*args: str, cwd: Path, env: dict | None = None) -> dict:
     return json.loads(r.stdout)
 
 
+def errors(stderr: str) -> str:
+    """stderr without the status lines (`[compress] ... started/done`) a CI log shows."""
+    from compress.status import PREFIX
+    return "\n".join(line for line in stderr.strip().splitlines() if not line.startswith(PREFIX))
+
+
 def assert_user_error(r, *words: str) -> None:
     """Exit 2, one line on stderr naming the problem, no traceback."""
     assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
-    err = r.stderr.strip()
-    assert "Traceback" not in err, err
-    assert len(err.splitlines()) == 1, err
+    err = errors(r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert len(err.splitlines()) == 1, r.stderr
     for w in words:
         assert w in err, err

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import (TINY_CPNA, TINY_SETS, assert_user_error, compress, compress_json,
-                               compress_subprocess, sets)
+                               compress_subprocess, errors, sets)
 
 
 def test_help_does_not_import_heavy_modules():
@@ -264,7 +264,7 @@ def test_gates_exit_3_with_one_line_per_failed_gate(tmp_path):
     bad = compress(*args, "--gate", "metrics.test_accuracy>=1.01", "--gate", "density<=0.1",
                    "--gate", "density<=0.9", "--out", "bad", cwd=tmp_path)
     assert bad.returncode == 3
-    lines = bad.stderr.strip().splitlines()
+    lines = errors(bad.stderr).splitlines()
     assert len(lines) == 2 and lines[0].startswith("gate failed: metrics.test_accuracy>=1.01")
     assert "density<=0.1" in lines[1] and "Traceback" not in bad.stderr
     assert _json.loads(bad.stdout)["gates_passed"] is False  # CI still gets the summary
