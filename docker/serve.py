@@ -1,12 +1,16 @@
-"""Entrypoint of the serving images: `mlflow models serve` (ONNX flavor, --env-manager local).
+"""Entrypoint of the serving images: uvicorn running serve_app.py, MLflow's scoring server for
+the model (ONNX flavor, signature enforced) behind a request-size limit and a NaN/inf check.
 
 Environment:
   MODEL_URI        models:/NAME@ALIAS or models:/NAME/VERSION (needs MLFLOW_TRACKING_URI),
                    runs:/RUN_ID/model, or a local MLflow model folder (default /opt/model:
-                   mount or COPY a downloaded model there).
+                   mount or COPY a downloaded model there). A remote model is downloaded once,
+                   before the workers start.
   HOST, PORT       where uvicorn listens (0.0.0.0, 8080).
   WORKERS          uvicorn worker processes (1).
-  TIMEOUT          seconds per request (60).
+  TIMEOUT          seconds per request (60); a slower request is answered 504.
+  MAX_REQUEST_MB   largest request body in MB of 10^6 bytes (16; fractions allowed); a larger
+                   one is answered 413 before it is read.
   ONNX_PROVIDERS   optional comma-separated onnxruntime execution providers. MLflow's ONNX
                    loader uses the providers recorded in the model's MLmodel file (this
                    project records export.providers, CPU by default); when this is set, the
@@ -14,8 +18,9 @@ Environment:
                    providers are replaced, so a CPU-registered model runs on CUDA in the GPU
                    image. Providers this onnxruntime lacks are dropped by MLflow with a warning.
 
-`serve.py --health` exits 0 when /ping on 127.0.0.1:PORT answers 200 (the HEALTHCHECK).
-Standard library only: it runs before anything else is known to work.
+`serve.py --health` exits 0 when /ping answers 200 where the server listens: HOST:PORT, or
+the loopback address when HOST is a wildcard (0.0.0.0 -> 127.0.0.1, :: -> ::1) (the
+HEALTHCHECK). Standard library only: it runs before anything else is known to work.
 """
 
 from __future__ import annotations
@@ -81,45 +86,81 @@ def check_model_uri(model_uri: str) -> None:
                          "set MODEL_URI=models:/NAME@ALIAS with MLFLOW_TRACKING_URI")
 
 
-def serve_command(model: str, host: str, port: str, workers: str, timeout: str) -> list[str]:
-    return ["mlflow", "models", "serve", "--model-uri", model, "--env-manager", "local",
-            "--host", host, "--port", port, "--workers", workers, "--timeout", timeout]
+def check_timeout(value: str) -> str:
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"TIMEOUT={value!r} is not a whole number of seconds >= 1")
+    return str(int(value))
 
 
-def health(port: str, timeout: float = 4.0) -> int:
+def serve_command(host: str, port: str, workers: str) -> list[str]:
+    """uvicorn on serve_app.create_app (configured through the environment, see serve_app)."""
+    return [sys.executable, "-m", "uvicorn", "--factory", "serve_app:create_app",
+            "--app-dir", str(Path(__file__).resolve().parent),
+            "--host", host, "--port", port, "--workers", workers]
+
+
+def health_url(host: str, port: str) -> str:
+    """Where the health check finds the server listening on host:port."""
+    host = host.strip().strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"http://{host}:{port}/ping"
+
+
+def health(host: str, port: str, timeout: float = 4.0) -> int:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=timeout) as reply:
+        with urllib.request.urlopen(health_url(host, port), timeout=timeout) as reply:
             return 0 if reply.status == 200 else 1
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, ValueError):
         return 1
+
+
+def _serve_app():
+    """serve_app.py, beside this file (already on sys.path when this runs as a script)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import serve_app
+
+    return serve_app
 
 
 def main(argv: list[str]) -> int:
     env = os.environ
-    port = env.get("PORT", "8080")
+    host, port = env.get("HOST", "0.0.0.0"), env.get("PORT", "8080")
     if argv[1:] == ["--health"]:
-        return health(port)
+        return health(host, port)
     if argv[1:]:
         log(f"unexpected arguments {argv[1:]}; configure with MODEL_URI, HOST, PORT, WORKERS, "
-            "TIMEOUT, ONNX_PROVIDERS")
+            "TIMEOUT, MAX_REQUEST_MB, ONNX_PROVIDERS")
         return 2
+    serve_app = _serve_app()
     model_uri = env.get("MODEL_URI") or DEFAULT_MODEL_URI
     try:
+        max_bytes = serve_app.max_request_bytes(env.get(serve_app.MAX_REQUEST_ENV))
+        timeout = check_timeout(env.get("TIMEOUT", "60"))
         check_model_uri(model_uri)
+        providers = parse_providers(env["ONNX_PROVIDERS"]) if env.get("ONNX_PROVIDERS") else None
         model = model_uri
-        if env.get("ONNX_PROVIDERS"):
-            providers = parse_providers(env["ONNX_PROVIDERS"])
-            local = local_copy(model_uri, Path(tempfile.mkdtemp(prefix="model-")))
-            set_providers(local, providers)
-            log(f"{model_uri} copied to {local}; providers set to {', '.join(providers)}")
-            model = str(local)
+        if providers or not Path(model_uri).is_dir():
+            model = str(local_copy(model_uri, Path(tempfile.mkdtemp(prefix="model-"))))
+            log(f"{model_uri} is in {model}")
+        if providers:
+            set_providers(Path(model), providers)
+            log(f"providers set to {', '.join(providers)}")
     except Exception as exc:  # one line for the container log, then a non-zero exit
         log(f"error: {exc}")
         return 2
-    command = serve_command(model, env.get("HOST", "0.0.0.0"), port, env.get("WORKERS", "1"),
-                            env.get("TIMEOUT", "60"))
-    log(f"serving {model_uri}: {subprocess.list2cmdline(command)}")
-    os.execvp(command[0], command)
+    command = serve_command(host, port, env.get("WORKERS", "1"))
+    child_env = {**env, serve_app.MODEL_ENV: model,
+                 "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": timeout}
+    log(f"serving {model_uri} (requests up to {max_bytes} bytes): "
+        f"{subprocess.list2cmdline(command)}")
+    os.execvpe(command[0], command, child_env)
     return 0  # not reached
 
 

@@ -1,4 +1,5 @@
-"""The MLflow `Tracker`: the only module in the package that imports mlflow (lazily)."""
+"""The MLflow `Tracker`: with its helpers in compress/tracking (registry, signature), the only
+code in the package that imports mlflow (lazily)."""
 
 from __future__ import annotations
 
@@ -435,11 +436,15 @@ class MlflowTracker:
     def _log_onnx(self, onnx_path: Path, input_example, providers: list[str] | None):
         import onnx
 
+        from compress.tracking.signature import onnx_signature
+
         self._activate()
         model = onnx.load(str(onnx_path))
-        # Explicit providers: mlflow's default list names CUDA and warns where it is missing.
+        # The signature comes from the graph (what a server enforces), not inferred from the
+        # example; explicit providers: mlflow's default list names CUDA and warns where missing.
         return self._mlflow.onnx.log_model(
             model, name=MODEL_ARTIFACT_NAME, input_example=input_example,
+            signature=onnx_signature(model),
             pip_requirements=[_pinned("onnxruntime"), _pinned("onnx")],
             onnx_execution_providers=list(providers or ["CPUExecutionProvider"]))
 
