@@ -160,3 +160,47 @@ def pytest_terminal_summary(terminalreporter) -> None:
     """One line with the server start time, when the server was used."""
     for seconds in _start_times:
         terminalreporter.write_line(f"mlflow_server: healthy {seconds:.1f} s after launch")
+
+
+# --- the signature of a registered ONNX model ------------------------------------------------
+
+ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+             "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool",
+             "tensor(string)": "object"}
+
+
+def registered_model_folder(model_uri: str, tracking_uri: str, dest: Path) -> Path:
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest),
+                                                    tracking_uri=tracking_uri))
+
+
+def assert_signature_matches_onnx(folder: Path):
+    """The MLflow model in `folder` has a signature naming, typing and shaping (symbolic dims,
+    the batch first, as -1) exactly its ONNX graph's inputs and outputs as onnxruntime reads
+    them, and an input example the model predicts from. Returns (input example, predictions)."""
+    import mlflow.pyfunc
+    import onnxruntime as ort
+    from mlflow.models import Model
+
+    meta = Model.load(str(folder))
+    assert meta.signature is not None, "the registered model has no signature"
+    session = ort.InferenceSession(str(folder / meta.flavors["onnx"]["data"]),
+                                   providers=["CPUExecutionProvider"])
+
+    def from_graph(args):
+        return [(a.name, ORT_TYPES[a.type], tuple(d if isinstance(d, int) else -1 for d in a.shape))
+                for a in args]
+
+    def from_signature(schema):
+        return [(s.name, s.type.name, tuple(s.shape)) for s in schema.inputs]
+
+    inputs = from_signature(meta.signature.inputs)
+    assert inputs == from_graph(session.get_inputs())
+    assert from_signature(meta.signature.outputs) == from_graph(session.get_outputs())
+    assert all(shape[0] == -1 for _, _, shape in inputs), inputs  # any batch size
+    assert meta.saved_input_example_info is not None, "no input example was logged"
+    example = meta.load_input_example(str(folder))
+    predictions = mlflow.pyfunc.load_model(str(folder)).predict(example)
+    return example, predictions

@@ -130,6 +130,10 @@ def test_serving_images_have_no_torch(name):
     assert runtime in pins and ({"onnxruntime", "onnxruntime-gpu"} - {runtime}).isdisjoint(pins)
     steps = instructions(name)
     assert ("ENTRYPOINT", '["python", "/opt/compress-serve/serve.py"]') in steps
+    assert ("COPY", "docker/serve.py docker/serve_app.py /opt/compress-serve/") in steps
+    env = " ".join(args for keyword, args in steps if keyword == "ENV")
+    assert f"MAX_REQUEST_MB={load_module('serve_app').DEFAULT_MAX_REQUEST_MB} " in env
+    assert "HOST=0.0.0.0" in env
     assert any(keyword == "HEALTHCHECK" and "--health" in args for keyword, args in steps)
 
 
@@ -242,9 +246,10 @@ def test_serve_entrypoint_checks_the_model_uri(tmp_path, monkeypatch):
     serve.check_model_uri(str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     serve.check_model_uri("models:/m@champion")
-    command = serve.serve_command("/opt/model", "0.0.0.0", "8080", "1", "60")
-    assert command[:3] == ["mlflow", "models", "serve"]
-    assert command[command.index("--env-manager") + 1] == "local"
+    command = serve.serve_command("0.0.0.0", "8080", "2")
+    assert command[1:5] == ["-m", "uvicorn", "--factory", "serve_app:create_app"]
+    assert command[command.index("--app-dir") + 1] == str(DOCKER)  # serve_app.py beside it
+    assert command[command.index("--workers") + 1] == "2"
     monkeypatch.setenv("MODEL_URI", str(tmp_path / "missing"))
     assert serve.main(["serve.py"]) == 2  # one-line error, no server started
     assert serve.main(["serve.py", "--bogus"]) == 2

@@ -81,6 +81,16 @@ def test_a_pickled_registered_model_is_imported_pruned_exported_and_registered(r
     assert tags["source_model_uri"] == "models:/digits-net/1"
     assert tags["source_model_version"] == "1"
     assert len(tags["data_fingerprint"]) == 16
+    # An image model: the signature is the (-1, 1, 8, 8) float32 input of the graph
+    from mlflow.models import Model
+
+    from tests.fixtures_mlflow import assert_signature_matches_onnx, registered_model_folder
+    folder = registered_model_folder("models:/digits-small@candidate", env["MLFLOW_TRACKING_URI"],
+                                     root / "dl")
+    example, predicted = assert_signature_matches_onnx(folder)
+    assert [(s.name, s.type.name, s.shape) for s in Model.load(folder).signature.inputs] == \
+        [("input", "float32", (-1, 1, 8, 8))]
+    assert example.shape == (2, 1, 8, 8) and predicted["logits"].shape == (2, 10)
 
 
 def test_a_traced_registered_model_gives_its_weights_to_your_architecture(registry):

@@ -76,6 +76,16 @@ def test_run_id_works_as_from_and_register_sets_alias(local_run):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     logits = sess.run(None, {"input": np.zeros((3, 6), np.float32)})[0]
     assert logits.shape == (3, 1)
+    from tests.fixtures_mlflow import assert_signature_matches_onnx, registered_model_folder
+    folder = registered_model_folder("models:/tiny-cpna@candidate", uri, root / "dl-sig")
+    example, predicted = assert_signature_matches_onnx(folder)
+    from mlflow.models import Model
+    signature = Model.load(folder).signature
+    assert [(s.name, s.type.name, s.shape) for s in signature.inputs] == \
+        [("input", "float32", (-1, 6))]
+    assert [(s.name, s.type.name, s.shape) for s in signature.outputs] == \
+        [("logits", "float32", (-1, 1))]
+    assert np.asarray(example).shape == (2, 6) and np.isfinite(predicted["logits"]).all()
 
 
 def test_parity_failure_registers_nothing(local_run):

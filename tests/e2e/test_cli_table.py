@@ -75,6 +75,9 @@ def test_raw_csv_rows_in_onnxruntime_predict_what_compress_predicts(split_csvs, 
 
 def test_a_registered_table_model_takes_raw_columns_in_mlflow(split_csvs, tmp_path, local_store):
     import mlflow.pyfunc
+    from mlflow.models import Model
+
+    from tests.fixtures_mlflow import assert_signature_matches_onnx, registered_model_folder
     pre = compress_json("pretrain", "--no-track", "--out", "pre",
                         *sets(*TINY_MLP, *(f"data.{s}={p}" for s, p in split_csvs.items()),
                               "train.duration=2ep"), cwd=tmp_path)
@@ -86,6 +89,18 @@ def test_a_registered_table_model_takes_raw_columns_in_mlflow(split_csvs, tmp_pa
     feed = _csv_rows(split_csvs["test"], out["raw_inputs"])
     logits = model.predict(feed)["logits"]
     assert logits.shape == (len(feed["color"]), 3)
+    # The signature: one (-1,) tensor per raw column, typed as the column (strings as object)
+    folder = registered_model_folder("models:/wine@candidate", f"sqlite:///{tmp_path}/mlflow.db",
+                                     tmp_path / "dl")
+    example, predicted = assert_signature_matches_onnx(folder)
+    types = {"double": "float64", "long": "int64", "string": "object"}
+    assert [(s.name, s.type.name, s.shape) for s in Model.load(folder).signature.inputs] == \
+        [(c["name"], types[c["type"]], (-1,)) for c in out["raw_inputs"]]
+    # The input example is the first two raw test rows, as a client sends them
+    assert sorted(example) == sorted(feed)
+    for name, column in feed.items():
+        assert np.asarray(example[name]).tolist() == column[:2].tolist(), name
+    np.testing.assert_allclose(predicted["logits"], logits[:2], rtol=1e-5)
 
 
 def test_one_file_is_split_and_parquet_and_npz_read_the_same(tmp_path):
