@@ -17,7 +17,8 @@ onnx = pytest.importorskip("onnx")
 
 from compress.errors import UserError  # noqa: E402
 from compress.tracking.mlflow_tracker import OUT_DIR_TAG, MlflowTracker  # noqa: E402
-from tests.fixtures_mlflow import free_port  # noqa: E402
+from tests.fixtures_mlflow import (assert_signature_matches_onnx, free_port,  # noqa: E402
+                                    registered_model_folder)
 
 WEIGHT = np.array([[1.0], [2.0], [3.0], [4.0]], dtype=np.float32)
 BIAS = np.array([0.5], dtype=np.float32)
@@ -261,6 +262,9 @@ def test_register_onnx_local(local_store: Path, onnx_file: Path) -> None:
 
     loaded = mlflow.onnx.load_model(result["model_uri"])
     assert [o.name for o in loaded.graph.output] == ["y"]
+    folder = registered_model_folder(result["model_uri"], uri, local_store / "dl")
+    example, predicted = assert_signature_matches_onnx(folder)  # x: float32 (-1, 4); y (-1, 1)
+    np.testing.assert_allclose(predicted["y"], np.ones((1, 4), dtype=np.float32) @ WEIGHT + BIAS)
 
 
 def test_register_onnx_rejects_bad_names_before_logging(local_store: Path,
