@@ -10,7 +10,8 @@
    folder    the same model downloaded on the host, mounted at /opt/model (read-only), with
              ONNX_PROVIDERS=CPUExecutionProvider (the copy-and-rewrite-providers path);
 5. wait for /ping, POST /invocations ({"inputs": ...}), compare with onnxruntime on the host
-   on the same float32 input (the exported model.onnx); remove the container.
+   on the same float32 input (the exported model.onnx); check that a NaN input is answered
+   400 and a body over MAX_REQUEST_MB (1 here) 413; remove the container.
 
 Exit 0 only if every check passes. Environment: CONTAINER_ENGINE, BASE_IMAGE (see images.py),
 SMOKE_SKIP_BUILD=1 (use the existing image), SMOKE_TIMEOUT (seconds to wait for /ping, 180),
@@ -30,6 +31,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,6 +49,7 @@ TINY = ["data.p=10", "data.n_train=512", "data.n_val=256", "data.n_test=256",
         f"export.alias={ALIAS}"]
 PING_TIMEOUT_S = float(os.environ.get("SMOKE_TIMEOUT", "180"))
 ATOL = float(os.environ.get("SMOKE_ATOL", "1e-5"))
+SMOKE_MAX_REQUEST_MB = 1
 RUN_FLAGS = images.PODMAN_FLAGS if images.engine() == "podman" else []
 
 
@@ -211,7 +214,8 @@ def serve_and_compare(case: str, env: dict[str, str], volumes: list[str], x, exp
         args += ["--network", "host"]
     if images.engine() == "podman":
         args.append("--no-healthcheck")  # podman runs healthchecks via systemd timers; polled here
-    for key, value in {**env, "HOST": "127.0.0.1", "PORT": str(port)}.items():
+    for key, value in {**env, "HOST": "127.0.0.1", "PORT": str(port),
+                       "MAX_REQUEST_MB": str(SMOKE_MAX_REQUEST_MB)}.items():
         args += ["-e", f"{key}={value}"]
     for volume in volumes:
         args += ["-v", volume]
@@ -257,11 +261,39 @@ def serve_and_compare(case: str, env: dict[str, str], volumes: list[str], x, exp
         if not diff <= ATOL:
             raise SmokeFailure(f"[{case}] served predictions differ from onnxruntime by {diff:.3g} "
                                f"> {ATOL}")
+        check_guards(case, url, x)
         return {"ready_s": ready, "first_ms": first_ms, "median_ms": sorted(times)[5],
                 "max_abs_diff": diff}
     finally:
         engine("rm", "-f", name, check=False)
         say(f"[{case}] container removed")
+
+
+def check_guards(case: str, url: str, x) -> None:
+    """A NaN input is answered 400; a body over MAX_REQUEST_MB (set to 1 here) 413."""
+    rows = x[:2].tolist()
+    rows[1][0] = float("nan")  # json.dumps writes NaN, which MLflow's JSON parser reads
+    status, reply = http(f"{url}/invocations", json.dumps({"inputs": rows}).encode(), timeout=60)
+    if status != 400:
+        raise SmokeFailure(f"[{case}] a NaN input was answered {status}, not 400: {reply[:300]!r}")
+    size = 2 * SMOKE_MAX_REQUEST_MB * 10**6
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.putrequest("POST", "/invocations")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        try:  # the server answers after the headers and may close before all is sent
+            conn.send(b"[" + b"0," * (size // 2 - 1) + b"0")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    if status != 413:
+        raise SmokeFailure(f"[{case}] a {size}-byte body was answered {status}, not 413")
+    say(f"[{case}] NaN input: 400; {size}-byte body: 413")
 
 
 def logs(name: str) -> str:
