@@ -367,3 +367,18 @@ def test_entrypoint_serves_with_the_limit_and_the_health_check(linear_folder, tm
             os.killpg(proc.pid, 9)
             proc.wait()
         log.close()
+
+
+def test_the_signature_casts_a_dataframe_with_pandas_strings(table):
+    """pandas 3 reads text as its own string dtype, which onnxruntime does not take; the
+    signature's object tensor converts it (without a signature this input fails)."""
+    import mlflow.pyfunc
+    import onnxruntime as ort
+    import pandas as pd
+
+    folder, path, rows = table
+    frame = pd.DataFrame({k: (v.tolist() if v.dtype == object else v) for k, v in rows.items()})
+    assert frame["city"].dtype != object
+    got = mlflow.pyfunc.load_model(str(folder)).predict(frame)["logits"]
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, rows)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
