@@ -120,13 +120,14 @@ def health(host: str, port: str, timeout: float = 4.0) -> int:
 
 
 def _serve_app():
-    """serve_app.py, beside this file (already on sys.path when this runs as a script)."""
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import serve_app
+    """serve_app.py, beside this file (loaded by path: sys.path is left alone)."""
+    import importlib.util
 
-    return serve_app
+    spec = importlib.util.spec_from_file_location(
+        "serve_app", Path(__file__).resolve().with_name("serve_app.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv: list[str]) -> int:

@@ -36,8 +36,6 @@ BIAS = np.array([0.5], dtype=np.float32)
 def load(name: str):
     import importlib.util
 
-    if str(DOCKER) not in sys.path:
-        sys.path.insert(0, str(DOCKER))
     spec = importlib.util.spec_from_file_location(f"docker_{name}", DOCKER / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
