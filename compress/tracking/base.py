@@ -32,8 +32,8 @@ class Tracker(Protocol):
 
     def register_onnx(self, onnx_path: Path, name: str, *, tags: dict[str, str],
                       alias: str, input_example=None, providers: list[str] | None = None) -> dict:
-        """Log the ONNX model with mlflow.onnx (recording its execution providers), register a
-        version, tag it, set the alias."""
+        """Log the ONNX model with mlflow.onnx (its signature read from the graph, the input
+        example, its execution providers), register a version, tag it, set the alias."""
 
     def check_register(self, name: str, alias: str) -> None:
         """Refuse a registration that would fail (bad name/alias, no registry) before any work."""

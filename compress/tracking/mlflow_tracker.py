@@ -405,7 +405,9 @@ class MlflowTracker:
         """Log the ONNX model under the active run, register a version, tag it, set the alias.
 
         `providers` are the onnxruntime execution providers recorded in the MLmodel file
-        (what a deployment loads it with); default: the CPU provider only.
+        (what a deployment loads it with); default: the CPU provider only. The signature is
+        the graph's inputs and outputs (compress.tracking.signature); `input_example` is
+        saved beside it (a few real inputs, as the model takes them).
 
         Nothing half-registered remains on failure: the new version (and the registered
         model, if this call created it) is deleted before the error propagates.
