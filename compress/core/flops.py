@@ -7,10 +7,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from compress.core.hooks import observe
 from compress.core.masking import PRUNABLE_TYPES
 
 
-@torch.no_grad()
 def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """MACs per sample of every Linear/Conv weight, keyed by parameter name."""
     out: dict[str, int] = {}
@@ -22,15 +22,8 @@ def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
             def hook(m, inputs, output, key=key):
                 per_out = m.weight[0].numel()  # in_features, or in_ch/groups * kernel
                 out[key] = out.get(key, 0) + int(output[0].numel()) * per_out
-            hooks.append(mod.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        model(example[:1])
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+            hooks.append((mod, hook))
+    observe(model, example[:1], hooks)
     return out
 
 

@@ -22,6 +22,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from compress.core.hooks import observe
 from compress.core.live import live_connections, unit_states
 from compress.errors import UserError
 
@@ -312,18 +313,8 @@ def count_macs(module: nn.Module, example_input: torch.Tensor) -> int:
         total += tokens * (3 * inner * d_in + 2 * seq * inner + inner * mod.out_proj.out_features)
 
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    handles = [m.register_forward_hook(hook) for m in module.modules()
-               if isinstance(m, kinds) and id(m) not in inside]
-    handles += [m.register_forward_hook(attention_hook) for m in attention]
-    was_training = module.training
-    module.eval()  # a training-mode forward would move BatchNorm statistics
-    try:
-        with torch.no_grad():
-            module(example_input)
-    finally:
-        module.train(was_training)
-        for h in handles:
-            h.remove()
+    hooks = [(m, hook) for m in module.modules() if isinstance(m, kinds) and id(m) not in inside]
+    observe(module, example_input, hooks + [(m, attention_hook) for m in attention])
     batch = example_input.shape[0] if example_input.dim() > 0 else 1
     return total // max(batch, 1)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compress.core.hooks import observe
 from compress.errors import UserError
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -92,17 +93,9 @@ def head_module(model: nn.Module, example: torch.Tensor) -> str | None:
     """Name of the last module with weights that the forward pass runs (the classifier head)."""
     called: list[str] = []
     names = {m: n for n, m in model.named_modules()}
-    hooks = [m.register_forward_hook(lambda mod, *_: called.append(names[mod]))
-             for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    observe(model, example, [(m, lambda mod, *_: called.append(names[mod]))
+                             for m in model.modules()
+                             if isinstance(getattr(m, "weight", None), torch.Tensor)])
     return called[-1] if called else None
 
 
