@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
+from compress import interrupts
 from compress.config import Config
 from compress.core.masking import apply_masks
-from compress.errors import UserError
+from compress.errors import Interrupted, UserError
 from compress.stages.artifacts import StageInfo
 from compress.stages.runner import StageEnv, Work, architecture, build, load_data, run_stage
 
@@ -241,11 +242,24 @@ def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) ->
             "export_run": str(record["run_id"]), "data_fingerprint": data.fingerprint()[:16],
             "precision": cfg.export.precision, "providers": ",".join(cfg.export.providers),
             **{f"metric.{k}": f"{v:.6g}" for k, v in m.items() if k.startswith("test_")}}
-    with env.tracker.run("register", tags={"compress.stage": "register"}, run_id=record["run_id"]):
-        return env.tracker.register_onnx(Path(record["out_dir"]) / ONNX_FILE, cfg.export.registry_name,
-                                         tags=tags, alias=cfg.export.alias,
-                                         input_example=_input_example(data),
-                                         providers=list(cfg.export.providers))
+    name, alias = cfg.export.registry_name, cfg.export.alias
+    # All or nothing: SIGINT/SIGTERM wait for the registration; one that came during it undoes
+    # it (exit 130, nothing registered), one after it waits for the next stage or the end
+    # of the command (the registration stands and the command succeeds).
+    try:
+        with interrupts.deferred() as guard:
+            with env.tracker.run("register", tags={"compress.stage": "register"},
+                                 run_id=record["run_id"]):
+                out = env.tracker.register_onnx(Path(record["out_dir"]) / ONNX_FILE, name,
+                                                tags=tags, alias=alias,
+                                                input_example=_input_example(data),
+                                                providers=list(cfg.export.providers))
+                guard.commit()
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted during the registration of {name!r}: nothing was "
+                          f"registered (the export is kept in {record['out_dir']})") from None
+    env.log(f"registered {name} version {out.get('version')} (@{alias})")
+    return out
 
 
 def _model_lineage(ref: dict) -> dict[str, str]:
