@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -41,7 +42,13 @@ def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) 
                        lambda tmp: _export_files(cfg, model, masks, src, data, tmp),
                        src=src, out=out, method=src.record.get("method"))
     if cfg.export.registry_name:
-        record["registered"] = _register(cfg, env, src, record, data)
+        try:
+            record["registered"] = _register(cfg, env, src, record, data)
+        except BaseException:
+            # With --register the stage is done only once registered: its folder goes, so a
+            # re-run exports and registers again instead of reusing an unregistered export.
+            shutil.rmtree(record["out_dir"], ignore_errors=True)
+            raise
     return record
 
 
@@ -257,7 +264,8 @@ def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) ->
                 guard.commit()
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted during the registration of {name!r}: nothing was "
-                          f"registered (the export is kept in {record['out_dir']})") from None
+                          "registered, the export's folder was discarded; finished stages "
+                          "are kept") from None
     env.log(f"registered {name} version {out.get('version')} (@{alias})")
     return out
 

@@ -156,6 +156,7 @@ def test_a_signal_before_registration_finished_registers_nothing(pruned, tmp_pat
     err = _one_error_line(cmd.stderr, "interrupted")
     if gate == "version":
         assert "nothing was registered" in err
+    assert not (tmp_path / "exp").exists()  # export + registration: discarded as one stage
     client, runs = _store(tmp_path)
     assert client.search_registered_models() == []  # no model with 0 versions left behind
     assert runs and "RUNNING" not in {r.info.status for r in runs}
