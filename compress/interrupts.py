@@ -45,13 +45,13 @@ def _main_thread() -> bool:
 
 
 def install() -> dict:
-    """SIGTERM raises KeyboardInterrupt like SIGINT; returns the handlers to `restore`."""
+    """SIGTERM raises KeyboardInterrupt like SIGINT; returns the handlers to `restore`.
+    A signal the parent chose to ignore (e.g. `nohup`, a background job) stays ignored."""
     if not _main_thread():
         return {}
     before = {s: signal.getsignal(s) for s in SIGNALS}
-    signal.signal(signal.SIGTERM, _raise)
-    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if before[signal.SIGTERM] != signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _raise)
     return before
 
 
