@@ -95,8 +95,9 @@ def deferred() -> Iterator[Guard]:
     outermost = _state.depth == 0 and not _state.held
     if outermost:
         _state.saved = {s: signal.getsignal(s) for s in SIGNALS}
-        for s in SIGNALS:
-            signal.signal(s, _note)
+        for s, handler in _state.saved.items():
+            if handler != signal.SIG_IGN:  # an ignored signal stays ignored
+                signal.signal(s, _note)
     _state.depth += 1
     try:
         yield guard
