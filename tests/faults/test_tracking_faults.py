@@ -56,66 +56,6 @@ def _one_error_line(stderr: str, start: str) -> str:
     return err
 
 
-# ------------------------------------------------------------- the server lost mid-run
-
-@pytest.fixture(scope="module")
-def server():
-    """A real `mlflow server` (sqlite backend) this module may kill and restart."""
-    srv = MlflowServer()
-    try:
-        srv.wait_healthy()
-        yield srv
-    finally:
-        srv.stop()
-
-
-def _stage(root: Path, name: str) -> dict:
-    return json.loads((root / name / "stage.json").read_text())
-
-
-def test_server_killed_during_prune_exits_5_and_the_rerun_completes_the_lineage(server, tmp_path):
-    from mlflow import MlflowClient
-    args = ["prune", "--method", "gated", "--plugin", PLUGIN, "--out", "run", "--json",
-            *PRUNE_SETS]
-    env = {"MLFLOW_TRACKING_URI": server.uri, "COMPRESS_TEST_GATE": "prune"}
-    cmd = Command(args, tmp_path, env)
-    cmd.wait_for("[compress] prune:gated started")  # its run exists; the method waits
-    server.kill()
-    (tmp_path / "go").touch()
-    code = cmd.finish()
-    assert code == 5, cmd.stderr
-    err = _one_error_line(cmd.stderr, "error: the MLflow tracking server at ")
-    assert "stopped answering" in err and "re-run" in err and cmd.stdout == ""
-    root = tmp_path / "run"
-    # The finished folders are kept (prune finished its work, then lost its run), no staging.
-    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == \
-        ["pipeline.json", "pretrain", "prune"]
-    assert not [p for p in root.iterdir() if p.name.startswith(".prune")]
-    lost_run = _stage(root, "prune")["run_id"]
-
-    server.restart()
-    again = Command(args, tmp_path, env)
-    assert again.finish() == 0, again.stderr
-    json.loads(again.stdout)
-    assert "[compress] prune: reused" in again.stderr
-    assert f"MLflow run {lost_run} is KILLED; logging it again" in again.stderr
-
-    client = MlflowClient(server.uri)
-    runs = client.search_runs([client.get_experiment_by_name("compress").experiment_id])
-    assert {r.info.status for r in runs} == {"FINISHED"}  # parent, pretrain, prune, export
-    records = {name: _stage(root, name) for name in ("pretrain", "prune", "export")}
-    assert records["prune"]["run_id"] == lost_run  # the same run, now complete
-    for name, record in records.items():
-        run = client.get_run(record["run_id"])
-        assert run.data.params["seed"] == str(record["config"]["seed"]), name
-        assert run.data.metrics["density"] == pytest.approx(record["density"]), name
-        assert run.data.tags["compress.out_dir"] == str((root / name).resolve()), name
-        logged = {a.path for a in client.list_artifacts(record["run_id"], "stage")}
-        assert "stage/stage.json" in logged, (name, logged)
-    export_run = client.get_run(records["export"]["run_id"])
-    assert export_run.data.tags["compress.source_run"] == lost_run
-
-
 # ------------------------------------------------------------- interrupted registration
 
 @pytest.fixture(scope="module")
@@ -174,3 +114,71 @@ def test_a_signal_after_registration_finished_keeps_the_success(pruned, tmp_path
     [model] = client.search_registered_models()
     assert {k: str(v) for k, v in model.aliases.items()} == {"candidate": "1"}
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+# ------------------------------------------------------------- the server lost mid-run
+
+@pytest.fixture(scope="module", autouse=True)
+def launched(request):
+    """Launch the server when this module starts, if a selected test needs it: it boots
+    (~20 s on a busy machine) while the registration tests run."""
+    wanted = any("server" in getattr(item, "fixturenames", ()) and item.module is request.module
+                 for item in request.session.items)
+    srv = MlflowServer() if wanted else None
+    yield srv
+    if srv is not None:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def server(launched):
+    """A real `mlflow server` (sqlite backend) this module may kill and restart."""
+    launched.wait_healthy()
+    return launched
+
+
+def _stage(root: Path, name: str) -> dict:
+    return json.loads((root / name / "stage.json").read_text())
+
+
+def test_server_killed_during_prune_exits_5_and_the_rerun_completes_the_lineage(server, tmp_path):
+    from mlflow import MlflowClient
+    args = ["prune", "--method", "gated", "--plugin", PLUGIN, "--out", "run", "--json",
+            *PRUNE_SETS]
+    env = {"MLFLOW_TRACKING_URI": server.uri, "COMPRESS_TEST_GATE": "prune"}
+    cmd = Command(args, tmp_path, env)
+    cmd.wait_for("[compress] prune:gated started")  # its run exists; the method waits
+    server.kill()
+    (tmp_path / "go").touch()
+    code = cmd.finish()
+    assert code == 5, cmd.stderr
+    err = _one_error_line(cmd.stderr, "error: the MLflow tracking server at ")
+    assert "stopped answering" in err and "re-run" in err and cmd.stdout == ""
+    root = tmp_path / "run"
+    # The finished folders are kept (prune finished its work, then lost its run), no staging.
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == \
+        ["pipeline.json", "pretrain", "prune"]
+    assert not [p for p in root.iterdir() if p.name.startswith(".prune")]
+    lost_run = _stage(root, "prune")["run_id"]
+
+    server.restart()
+    again = Command(args, tmp_path, env)
+    assert again.finish() == 0, again.stderr
+    json.loads(again.stdout)
+    assert "[compress] prune: reused" in again.stderr
+    assert f"MLflow run {lost_run} is KILLED; logging it again" in again.stderr
+
+    client = MlflowClient(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("compress").experiment_id])
+    assert {r.info.status for r in runs} == {"FINISHED"}  # parent, pretrain, prune, export
+    records = {name: _stage(root, name) for name in ("pretrain", "prune", "export")}
+    assert records["prune"]["run_id"] == lost_run  # the same run, now complete
+    for name, record in records.items():
+        run = client.get_run(record["run_id"])
+        assert run.data.params["seed"] == str(record["config"]["seed"]), name
+        assert run.data.metrics["density"] == pytest.approx(record["density"]), name
+        assert run.data.tags["compress.out_dir"] == str((root / name).resolve()), name
+        logged = {a.path for a in client.list_artifacts(record["run_id"], "stage")}
+        assert "stage/stage.json" in logged, (name, logged)
+    export_run = client.get_run(records["export"]["run_id"])
+    assert export_run.data.tags["compress.source_run"] == lost_run
