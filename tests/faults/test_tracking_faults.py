@@ -86,6 +86,7 @@ def _store(cwd: Path):
     # in the registry: a version exists, no alias yet
     ("version", "[compress] gate: version created", signal.SIGINT),
 ])
+@pytest.mark.slow
 def test_a_signal_before_registration_finished_registers_nothing(pruned, tmp_path, gate,
                                                                   wait_line, sig):
     cmd = _register(pruned, tmp_path, gate)
@@ -104,6 +105,7 @@ def test_a_signal_before_registration_finished_registers_nothing(pruned, tmp_pat
                 and r.info.status == "FINISHED" and gate == "export"]
 
 
+@pytest.mark.slow
 def test_a_signal_after_registration_finished_keeps_the_success(pruned, tmp_path):
     cmd = _register(pruned, tmp_path)
     cmd.wait_for("[compress] registered m version 1")
@@ -141,6 +143,8 @@ def _stage(root: Path, name: str) -> dict:
     return json.loads((root / name / "stage.json").read_text())
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_server_killed_during_prune_exits_5_and_the_rerun_completes_the_lineage(server, tmp_path):
     from mlflow import MlflowClient
     args = ["prune", "--method", "gated", "--plugin", PLUGIN, "--out", "run", "--json",
