@@ -511,10 +511,22 @@ def _forget_keyboard_interrupt() -> None:
 
 
 def main() -> None:
-    import os
-
+    from compress import interrupts
     from compress.core import dist
     dist.setup()  # only under torchrun (WORLD_SIZE > 1): join the group; rank 0 alone prints
+    handlers = interrupts.install()  # SIGTERM ends a command like Ctrl-C: exit 130
+    try:
+        _main()
+    finally:
+        # Signals held after a finished registration stay noted while the process exits;
+        # a command run in-process gets the caller's handlers back.
+        if not interrupts.is_held():
+            interrupts.restore(handlers)
+
+
+def _main() -> None:
+    import os
+
     try:
         app()
     except (UserError, GateFailed, Interrupted, Diverged, TrackingLost) as e:

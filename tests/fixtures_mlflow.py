@@ -9,6 +9,7 @@ waits for /health. It is stopped (whole process group) at the end of the session
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -53,9 +54,12 @@ class MlflowServer:
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = self.root / "server.log"
+        self._launch()
+
+    def _launch(self) -> None:
         self.launched_at = time.monotonic()
         self.start_seconds: float | None = None
-        with self.log.open("wb") as out:
+        with self.log.open("ab") as out:
             # Own session = own process group, so stop() reaches the workers too.
             self.proc = subprocess.Popen(
                 self._command(), cwd=self.root, env=self._env(), stdout=out,
@@ -63,6 +67,17 @@ class MlflowServer:
         # Timed in the background, so an early launch still reports its real start time.
         self.watcher = threading.Thread(target=self._watch, daemon=True)
         self.watcher.start()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (a crash: nothing is flushed or closed)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def restart(self) -> None:
+        """The same server again (same port, database and artifacts) after kill()."""
+        self._launch()
+        self.wait_healthy()
 
     def _command(self) -> list[str]:
         # --serve-artifacts: runs get mlflow-artifacts:/ URIs, so clients really use HTTP.

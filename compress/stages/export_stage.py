@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from compress import interrupts
 from compress.config import Config
 from compress.core.masking import apply_masks
-from compress.errors import UserError
+from compress.errors import Interrupted, UserError
 from compress.stages.artifacts import StageInfo
 from compress.stages.runner import StageEnv, Work, architecture, build, load_data, run_stage
 
@@ -40,7 +42,13 @@ def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) 
                        lambda tmp: _export_files(cfg, model, masks, src, data, tmp),
                        src=src, out=out, method=src.record.get("method"))
     if cfg.export.registry_name:
-        record["registered"] = _register(cfg, env, src, record, data)
+        try:
+            record["registered"] = _register(cfg, env, src, record, data)
+        except BaseException:
+            # With --register the stage is done only once registered: its folder goes, so a
+            # re-run exports and registers again instead of reusing an unregistered export.
+            shutil.rmtree(record["out_dir"], ignore_errors=True)
+            raise
     return record
 
 
@@ -241,11 +249,25 @@ def _register(cfg: Config, env: StageEnv, src: StageInfo, record: dict, data) ->
             "export_run": str(record["run_id"]), "data_fingerprint": data.fingerprint()[:16],
             "precision": cfg.export.precision, "providers": ",".join(cfg.export.providers),
             **{f"metric.{k}": f"{v:.6g}" for k, v in m.items() if k.startswith("test_")}}
-    with env.tracker.run("register", tags={"compress.stage": "register"}, run_id=record["run_id"]):
-        return env.tracker.register_onnx(Path(record["out_dir"]) / ONNX_FILE, cfg.export.registry_name,
-                                         tags=tags, alias=cfg.export.alias,
-                                         input_example=_input_example(data),
-                                         providers=list(cfg.export.providers))
+    name, alias = cfg.export.registry_name, cfg.export.alias
+    # All or nothing: SIGINT/SIGTERM wait for the registration; one that came during it undoes
+    # it (exit 130, nothing registered), one after it waits for the next stage or the end
+    # of the command (the registration stands and the command succeeds).
+    try:
+        with interrupts.deferred() as guard:
+            with env.tracker.run("register", tags={"compress.stage": "register"},
+                                 run_id=record["run_id"]):
+                out = env.tracker.register_onnx(Path(record["out_dir"]) / ONNX_FILE, name,
+                                                tags=tags, alias=alias,
+                                                input_example=_input_example(data),
+                                                providers=list(cfg.export.providers))
+                guard.commit()
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted during the registration of {name!r}: nothing was "
+                          "registered, the export's folder was discarded; finished stages "
+                          "are kept") from None
+    env.log(f"registered {name} version {out.get('version')} (@{alias})")
+    return out
 
 
 def _model_lineage(ref: dict) -> dict[str, str]:

@@ -28,7 +28,7 @@ from compress.config import load_spec, resolve
 from compress.core import dist
 from compress.errors import UserError
 from compress.stages.artifacts import STAGE_FILE, StageInfo, read_stage
-from compress.stages.runner import StageEnv, identity
+from compress.stages.runner import StageEnv, complete_run, identity
 
 StageName = Literal["import", "pretrain", "prune", "retrain", "export"]
 FIRST_STAGES = ("import", "pretrain")  # stages that start a lineage (no `from`)
@@ -176,6 +176,7 @@ def _run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: i
                 status, done = dist.on_main(lambda: stage_status(p)) if not fresh else ("missing", None)
                 if status == "done":
                     env.log(f"{p.spec.id}: reused {p.out} (same config and inputs, files intact)")
+                    complete_run(env, done)  # its run, if the last attempt lost it midway
                     records[p.spec.id] = {**done.record, "out_dir": str(p.out), "reused": True}
                 else:
                     records[p.spec.id] = run_one(p.spec.stage, p.cfg, env, src, p.out)

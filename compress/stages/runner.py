@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from compress import status
+from compress import interrupts, status
 from compress.config import Config
 from compress.core import dist
 from compress.core.loop import evaluate
@@ -164,8 +164,9 @@ def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Wor
     tags = {"compress.stage": stage, "compress.id": sid, **({"compress.method": method} if method else {}),
             **({"compress.source_run": src.record.get("run_id", "")} if src else {})}
     label = f"{stage}{':' + method if method else ''}"
-    env.log(f"{label} started -> {out_dir}")
+    interrupts.release()  # a signal held since an earlier stage's registration stops us here
     with env.tracker.run(label, tags=tags) as run_id:
+        env.log(f"{label} started -> {out_dir}")  # the run exists from this line on
         with _stage_folder(out_dir) as tmp:
             started = time.perf_counter()
             work = _diverging(label, env, body, tmp)
@@ -178,7 +179,7 @@ def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Wor
                 "seconds": round(time.perf_counter() - started, 3),
             }
             dist.on_main(lambda: _write(tmp, work, record))
-        _track(env.tracker, cfg, work, out_dir)
+        _track(env.tracker, cfg.dump(), work, out_dir)
     record = dist.from_main(record)
     env.log(f"{label} done in {record['seconds']:.1f} s  "
             f"{_headline(work.metrics)}density {work.density:.4g}  -> {out_dir}")
@@ -225,11 +226,31 @@ def _source(src: StageInfo | None) -> dict | None:
             "stage": src.stage, "method": src.record.get("method")}
 
 
-def _track(tracker: Tracker, cfg: Config, work: Work, out_dir: Path) -> None:
-    tracker.log_params(cfg.dump())
+def _track(tracker: Tracker, config: dict, work: Work, out_dir: Path) -> None:
+    tracker.log_params(config)
     if work.history:
         tracker.log_history(work.history, step_key="epoch")
     # Final metrics follow the per-epoch history (steps 0..n-1) at step n.
     tracker.log_metrics({**work.metrics, "density": work.density}, step=len(work.history))
     tracker.set_tags({"compress.out_dir": str(out_dir.resolve())})
     tracker.log_artifacts(out_dir, "stage")
+
+
+def complete_run(env: StageEnv, info: StageInfo) -> bool:
+    """A reused stage whose MLflow run did not finish (the process or the tracking server died
+    after its folder was written) gets that same run logged again from the folder: params,
+    history, metrics, tags and artifacts, then FINISHED. Same run id, so stage.json, later
+    stages' `compress.source_run` and registry tags stay right. True if it was re-logged."""
+    run_id = info.record.get("run_id")
+    status_now = env.tracker.run_status(run_id) if run_id else None
+    if status_now in (None, "FINISHED"):  # complete, or not in this store (e.g. --no-track)
+        return False
+    label = f"{info.stage}{':' + info.record['method'] if info.record.get('method') else ''}"
+    env.log(f"{label}: MLflow run {run_id} is {status_now}; logging it again from {info.dir}")
+    history_file = Path(info.dir) / "history.json"
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    work = Work(info.record.get("files", {}), info.record.get("metrics", {}),
+                info.record.get("density", 1.0), history)
+    with env.tracker.run(label, run_id=run_id):
+        _track(env.tracker, info.record["config"], work, Path(info.dir))
+    return True

@@ -47,6 +47,9 @@ class Tracker(Protocol):
     def exists(self, run_id: str) -> bool:
         """Whether this store has the run (a resumed pipeline reopens its parent run)."""
 
+    def run_status(self, run_id: str) -> str | None:
+        """RUNNING | FINISHED | FAILED | KILLED, or None when this store has no such run."""
+
     def end_stale_children(self, parent_run_id: str) -> list[str]:
         """Mark child runs still RUNNING (their process was killed) as KILLED; their ids."""
 
@@ -95,6 +98,9 @@ class NullTracker:
 
     def exists(self, run_id: str) -> bool:
         return run_id.startswith("local-")
+
+    def run_status(self, run_id: str) -> str | None:
+        return None
 
     def end_stale_children(self, parent_run_id: str) -> list[str]:
         return []

@@ -20,7 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from compress.errors import UserError
+from compress import interrupts
+from compress.errors import Interrupted, TrackingLost, UserError
 
 OUT_DIR_TAG = "compress.out_dir"
 STAGE_ARTIFACT_PATH = "stage"
@@ -84,6 +85,18 @@ def _one_line(text: object) -> str:
     """First line of an error message, whitespace collapsed, for a one-line UserError."""
     lines = str(text).strip().splitlines() or [""]
     return " ".join(lines[0].split())
+
+
+def _store_call(doing: str):
+    """A tracker method that talks to the store: SIGINT/SIGTERM wait until it returns (a write
+    is never cut in half), and a server that stopped answering becomes TrackingLost."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(self, *args, **kwargs):
+            with interrupts.deferred(), self._watch(doing):
+                return fn(self, *args, **kwargs)
+        return call
+    return wrap
 
 
 def default_tracking_uri() -> str:
@@ -229,6 +242,7 @@ class MlflowTracker:
         self._activate()
         self._client = self._mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self._stack: list[str] = []
+        self._lost: str | None = None  # why the server is taken as gone (no more calls)
         self.experiment_id = self._experiment(experiment)
 
     # --- setup -------------------------------------------------------------------------
@@ -275,12 +289,64 @@ class MlflowTracker:
                 raise
             return found.experiment_id
 
+    # --- a server lost mid-run ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _watch(self, doing: str) -> Iterator[None]:
+        """An error from a server that no longer answers /health is TrackingLost (one line);
+        after that no call reaches the network again (each would retry for seconds)."""
+        if self._lost:
+            raise TrackingLost(self._lost)
+        try:
+            yield
+        except (UserError, TrackingLost):
+            raise
+        except Exception:
+            if not self._server_gone():
+                raise
+            self._lost = (f"the MLflow tracking server at {self.uri} stopped answering while "
+                          f"{doing}; finished stage folders are kept: start the server and "
+                          "re-run the same command (it completes their MLflow runs)")
+            self._forget_active_runs()
+            raise TrackingLost(self._lost) from None
+
+    def _server_gone(self) -> bool:
+        try:
+            check_reachable(self.uri)
+        except UserError:
+            return True
+        return False
+
+    def _forget_active_runs(self) -> None:
+        """Drop mlflow's record of active runs without calling the server, so its exit hook
+        (which ends them) does not retry against a dead server."""
+        with contextlib.suppress(Exception):
+            from mlflow.tracking import fluent
+            fluent._active_run_stack.get().clear()
+            os.environ.pop("MLFLOW_RUN_ID", None)
+
     # --- runs --------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def run(self, name: str, tags: dict[str, str] | None = None,
             run_id: str | None = None) -> Iterator[str]:
-        """Start (or resume) a run, nested under the active one; FAILED if the body raises."""
+        """Start (or resume) a run, nested under the active one; FAILED if the body raises
+        (KILLED on Ctrl-C/SIGTERM)."""
+        current = self._start(name, tags, run_id)
+        self._stack.append(current)
+        try:
+            yield current
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "FAILED"
+            # Ending must not hide the original error (e.g. the server went away).
+            with contextlib.suppress(Exception):
+                self._end(current, status)
+            raise
+        else:
+            self._end(current, "FINISHED")
+
+    @_store_call("starting a run")
+    def _start(self, name: str, tags: dict[str, str] | None, run_id: str | None) -> str:
         self._activate()
         if run_id is not None:
             self._get_run(run_id)
@@ -291,21 +357,16 @@ class MlflowTracker:
         active = self._mlflow.start_run(
             run_id=run_id, experiment_id=None if run_id else self.experiment_id,
             run_name=None if run_id else name, nested=nested, tags=clean_tags or None)
-        current = active.info.run_id
-        self._stack.append(current)
-        try:
-            yield current
-        except BaseException as exc:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            # Ending must not hide the original error (e.g. the server went away).
-            with contextlib.suppress(Exception):
-                self._end(current, status)
-            raise
-        else:
-            self._end(current, "FINISHED")
+        return active.info.run_id
 
     def _end(self, run_id: str, status: str) -> None:
         self._stack.remove(run_id)
+        if self._lost:
+            return  # nothing reaches the server; its active-run record was dropped
+        self._terminate(run_id, status)
+
+    @_store_call("ending a run")
+    def _terminate(self, run_id: str, status: str) -> None:
         active = self._mlflow.active_run()
         if active is not None and active.info.run_id == run_id:
             self._mlflow.end_run(status=status)
@@ -329,6 +390,7 @@ class MlflowTracker:
 
     # --- logging -----------------------------------------------------------------------
 
+    @_store_call("logging params")
     def log_params(self, params: dict) -> None:
         """Flattened `a.b.c` params, in batches of 100; re-logging an equal value is a no-op."""
         from mlflow.entities import Param
@@ -351,11 +413,13 @@ class MlflowTracker:
                 raise UserError(f"MLflow run {run_id} already has param {key}={existing[key]!r}; "
                                 f"it cannot change to {value!r} (start a new run instead)")
 
+    @_store_call("logging metrics")
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """One batched call; None/inf/non-numeric values are skipped."""
         now = int(time.time() * 1000)
         self._log_metric_entities(self._metrics(metrics, now, step or 0))
 
+    @_store_call("logging metrics")
     def log_history(self, rows: list[dict[str, float]], step_key: str = "epoch") -> None:
         """Each row's values at step row[step_key] (row index if absent), ≤1000 per batch."""
         now = int(time.time() * 1000)
@@ -379,12 +443,14 @@ class MlflowTracker:
         for chunk in _chunks(entities, MAX_METRICS_PER_BATCH):
             self._client.log_batch(run_id, metrics=chunk, synchronous=True)
 
+    @_store_call("uploading artifacts")
     def log_artifacts(self, directory: Path, artifact_path: str | None = None) -> None:
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"artifact folder {directory} does not exist")
         self._client.log_artifacts(self._current(), str(directory), artifact_path)
 
+    @_store_call("setting tags")
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -400,6 +466,7 @@ class MlflowTracker:
         check_model_name(name)
         check_alias(alias)
 
+    @_store_call("registering the model")
     def register_onnx(self, onnx_path: Path, name: str, *, tags: dict[str, str],
                       alias: str, input_example=None, providers: list[str] | None = None) -> dict:
         """Log the ONNX model under the active run, register a version, tag it, set the alias.
@@ -410,7 +477,8 @@ class MlflowTracker:
         saved beside it (a few real inputs, as the model takes them).
 
         Nothing half-registered remains on failure: the new version (and the registered
-        model, if this call created it) is deleted before the error propagates.
+        model, if this call created it) is deleted before the error propagates. SIGINT/SIGTERM
+        wait for the call; one that came during it undoes the registration the same way.
         """
         check_model_name(name)
         check_alias(alias)
@@ -420,14 +488,18 @@ class MlflowTracker:
         run_id = self._current()
         info = self._log_onnx(onnx_path, input_example, providers)
         version_tags = {clean_key(k): str(v) for k, v in tags.items()}
-        created_model = self._ensure_registered_model(name)
-        version = None
+        version, created_model = None, False
         try:
+            if interrupts.pending():  # came while the model was logged: register nothing
+                raise KeyboardInterrupt
+            created_model = self._ensure_registered_model(name)
             version = self._client.create_model_version(
                 name, source=info.model_uri, run_id=run_id, tags=version_tags,
                 model_id=info.model_id, await_creation_for=0).version
             self._wait_ready(name, version)
             self._client.set_registered_model_alias(name, alias, version)
+            if interrupts.pending():  # Ctrl-C/SIGTERM came meanwhile: all or nothing
+                raise KeyboardInterrupt
         except BaseException:
             self._rollback(name, version, created_model)
             raise
@@ -490,6 +562,7 @@ class MlflowTracker:
 
     # --- lookup ------------------------------------------------------------------------
 
+    @_store_call("fetching a run")
     def fetch_run(self, run_id: str, dest: Path) -> Path:
         """The run's stage folder: its local out_dir if still there, else downloaded to dest."""
         run = self._get_run(run_id)
@@ -512,6 +585,7 @@ class MlflowTracker:
     def describe(self) -> str:
         return self.uri
 
+    @_store_call("looking up a run")
     def exists(self, run_id: str) -> bool:
         self._activate()
         try:
@@ -522,6 +596,16 @@ class MlflowTracker:
             raise
         return True
 
+    @_store_call("looking up a run")
+    def run_status(self, run_id: str) -> str | None:
+        try:
+            return self._client.get_run(run_id).info.status
+        except self._MlflowException as exc:
+            if exc.error_code in _NOT_FOUND_CODES:
+                return None
+            raise
+
+    @_store_call("ending stale runs")
     def end_stale_children(self, parent_run_id: str) -> list[str]:
         self._activate()
         experiment = self._client.get_run(parent_run_id).info.experiment_id
@@ -534,6 +618,7 @@ class MlflowTracker:
             self._client.set_terminated(run_id, status="KILLED")
         return ended
 
+    @_store_call("searching runs")
     def find_runs(self, tags: dict[str, str], status: str | None = "FINISHED") -> list[dict]:
         self._activate()
         # Values are names and hashes this package writes (no quotes in them).

@@ -37,8 +37,12 @@ def compress(*args: str, cwd: Path, env: dict | None = None):
     import contextlib
     import io
 
+    import signal
+
+    from compress import interrupts
     from compress.cli import main
 
+    handlers = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
     out, err = io.StringIO(), io.StringIO()
     old_cwd, old_argv, old_env = os.getcwd(), sys.argv, dict(os.environ)
     os.environ.update({"COLUMNS": "120", **(env or {})})
@@ -52,6 +56,7 @@ def compress(*args: str, cwd: Path, env: dict | None = None):
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
+        interrupts.restore(handlers)  # main keeps signals held after a registration
         os.chdir(old_cwd)
         sys.argv = old_argv
         os.environ.clear()
