@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from compress.config import Config
-from compress.core.masking import apply_masks
+from compress.core.masking import apply_masks, prunable_parameters
 from compress.errors import UserError
 from compress.stages.artifacts import StageInfo
 from compress.stages.runner import StageEnv, Work, architecture, build, load_data, run_stage
@@ -27,8 +27,8 @@ def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) 
         env.tracker.check_register(cfg.export.registry_name, cfg.export.alias)
     data = load_data(cfg)
     model = build(cfg, data, architecture=architecture(src))
-    model.load_state_dict(src.state("weights"))
-    masks = src.masks()
+    model.load_state_dict(src.state("weights", like=model))
+    masks = src.masks(like=prunable_parameters(model))
     if masks is not None:
         apply_masks(model, masks)
     model.eval()
