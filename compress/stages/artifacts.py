@@ -96,8 +96,8 @@ class StageInfo:
         return state
 
     def masks(self, like=None) -> MaskSet | None:
-        """The masks (verified against masks.json); with `like` (the model's prunable
-        parameters), every mask must name one of them and have its shape."""
+        """The masks (verified against masks.json); with `like` (the model), every mask must
+        name one of its tensors (weights, and biases of cut channels) and have its shape."""
         if not self.has("masks"):
             return None
         from safetensors import SafetensorError

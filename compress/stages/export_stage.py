@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from compress.config import Config
-from compress.core.masking import apply_masks, prunable_parameters
+from compress.core.masking import apply_masks
 from compress.errors import UserError
 from compress.stages.artifacts import StageInfo
 from compress.stages.runner import StageEnv, Work, architecture, build, load_data, run_stage
@@ -28,7 +28,7 @@ def export(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) 
     data = load_data(cfg)
     model = build(cfg, data, architecture=architecture(src))
     model.load_state_dict(src.state("weights", like=model))
-    masks = src.masks(like=prunable_parameters(model))
+    masks = src.masks(like=model)
     if masks is not None:
         apply_masks(model, masks)
     model.eval()

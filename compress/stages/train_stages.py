@@ -171,7 +171,7 @@ def retrain(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None)
     arch = architecture(src)
     shaped = build(cfg, data, architecture=arch)  # the model the source's weights fit
     dense = shaped if arch is None else build(cfg, data)  # ... and its init
-    masks = src.masks(like=prunable_parameters(shaped))
+    masks = src.masks(like=shaped)
     train_cfg = _with_teacher(cfg, cfg.retrain.train or cfg.train, src, data)
     rewound = None
     if mode in ("rewind", "random_prune"):
@@ -212,8 +212,7 @@ def _init(cfg: Config, data, src: StageInfo) -> dict[str, torch.Tensor]:
 def _load(cfg: Config, data, src: StageInfo) -> tuple[torch.nn.Module, MaskSet]:
     model = build(cfg, data, architecture=architecture(src))
     model.load_state_dict(src.state("weights", like=model))
-    prunable = prunable_parameters(model)
-    masks = src.masks(like=prunable) or MaskSet.ones_like(prunable)
+    masks = src.masks(like=model) or MaskSet.ones_like(prunable_parameters(model))
     apply_masks(model, masks)
     return model, masks
 
