@@ -10,6 +10,10 @@ Layout of a stage folder:
     model.onnx            structurally shrunk ONNX, in export.precision        [export]
     model.fp32.onnx       the fp32 model it came from (precision != fp32)      [export]
     export_table.json     + .md: dense vs shrunk (vs reduced) size, speed, accuracy [export]
+
+stage.json lists every file (`files`: key -> relative path) with its sha256; read_stage checks
+each (inside the folder, present, same sha256, parses) and StageInfo.state/masks check that the
+tensors fit the model they are loaded into. Per-round masks under rounds/ are not listed.
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ class StageInfo:
 def damaged(directory: Path, stage, name: str, why: str) -> UserError:
     """The one-line error for a broken file of a stage folder: which folder, which file, the fix."""
     return UserError(f"stage folder {directory}: {name} {why}; delete the folder and re-run the "
-                     f"{stage or 'stage that wrote it'} stage (a pipeline re-runs it by itself)")
+                     f"{stage or 'stage that wrote it'} stage")
 
 
 def _first_line(e: Exception) -> str:

@@ -177,7 +177,8 @@ def retrain(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None)
     if mode in ("rewind", "random_prune"):
         rewound = controls.rewind_state(
             lambda o: build(cfg, data, seed_offset=o), src.state("init", like=dense),
-            cfg.retrain.rewind, data, _dense_train(cfg, src), src.record.get("dense_seed", cfg.seed))
+            cfg.retrain.rewind, data, _dense_train(cfg, src),
+            src.record.get("dense_seed", cfg.seed))
         if arch is not None:  # the rewound dense weights of the kept channels
             rewound = build(cfg, data, architecture=arch, dense_state=rewound).state_dict()
     example = data.test.head(1)
@@ -185,10 +186,10 @@ def retrain(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None)
     if arch is not None:  # Scratch-B's budget scales with the configured (dense) model's MACs
         from compress.core.flops import layer_macs
         dense_macs = float(sum(layer_macs(dense, example).values()))
+    trained = src.state("weights", like=shaped) if mode == "finetune" else None
     start = controls.prepare(mode, build=lambda o: build(cfg, data, seed_offset=o,
                                                          architecture=arch),
-                             masks=masks,
-                             trained=src.state("weights", like=shaped) if mode == "finetune" else None,
+                             masks=masks, trained=trained,
                              rewound=rewound, duration=train_cfg.duration, example=example,
                              seed=cfg.seed, scope=cfg.retrain.scope, dense_macs=dense_macs)
 

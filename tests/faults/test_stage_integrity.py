@@ -277,8 +277,8 @@ def _status(tmp_path: Path) -> dict:
         {"id": "prune", "stage": "prune", "from": "pretrain",
          "set": {"method": {"name": "magnitude"}}}]}
     (tmp_path / "p.json").write_text(json.dumps(spec))
-    out = compress_json("pipeline", "status", "p.json", "--out", "run", *COMMON[:-3], "--seed",
-                        "3", cwd=tmp_path)
+    out = compress_json("pipeline", "status", "p.json", "--out", "run", *sets(*TINY_SETS),
+                        "--seed", "3", cwd=tmp_path)
     return {r["id"]: r for r in out["stages"]}
 
 
@@ -300,7 +300,7 @@ def _point_weights(folder: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_a_resumed_pipeline_runs_a_damaged_stage_again(made, tmp_path, damage):
+def test_a_resumed_pipeline_runs_a_damaged_stage_again(tmp_path, damage):
     """The pipeline's own folders: `pipeline status` says damaged (and why); a re-run of the
     same command runs the stage again, reuses the intact pretrain, and ends intact."""
     first = _pipeline(tmp_path, "--json")
