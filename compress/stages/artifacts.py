@@ -186,8 +186,12 @@ def _inside(directory: Path, stage, key: str, name) -> Path:
         raise damaged(directory, stage, STAGE_FILE, f"lists {key} as {name!r}: the files of a "
                       "stage are relative paths inside its folder")
     f = directory / pure
-    if not f.resolve().is_relative_to(directory.resolve()):
-        raise damaged(directory, stage, str(name), f"({key}) is a link to {f.resolve()}, outside "
+    try:
+        target = f.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise damaged(directory, stage, str(name), f"({key}) cannot be resolved ({e})") from None
+    if not target.is_relative_to(directory.resolve()):
+        raise damaged(directory, stage, str(name), f"({key}) is a link to {target}, outside "
                       "the folder: the files of a stage live inside its folder")
     return f
 
