@@ -241,7 +241,8 @@ def pipeline_run(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
 def pipeline_status(file: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
                     config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
                     out: OutOpt = None, as_json: JsonOpt = False) -> None:
-    """Each stage of a pipeline: done / stale / missing, with its run id (nothing runs)."""
+    """Each stage of a pipeline: done / stale / damaged / missing, with its run id (nothing
+    runs)."""
     from compress.stages.pipeline import load_pipeline, status_rows
     from compress.stages.runner import DEFAULT_ROOT
     spec = load_pipeline(file)

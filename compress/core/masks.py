@@ -84,22 +84,22 @@ class MaskSet(Mapping[str, torch.Tensor]):
         return path
 
     @classmethod
-    def load(cls, directory: Path) -> "MaskSet":
+    def load(cls, directory: Path, file: str = MASK_FILE, meta: str = MASK_META) -> "MaskSet":
         """Load and verify a saved MaskSet; a sha256 mismatch is a user-facing error."""
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        path, meta_path = directory / MASK_FILE, directory / MASK_META
+        path, meta_path = directory / file, directory / meta
         if not path.exists() or not meta_path.exists():
-            raise UserError(f"no mask set in {directory} (expected {MASK_FILE} and {MASK_META})")
+            raise UserError(f"no mask set in {directory} (expected {file} and {meta})")
         try:
             expected = json.loads(meta_path.read_text())["sha256"]
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{meta_path} is not a valid mask description ({e})") from None
         actual = file_sha256(path)
         if actual != expected:
             raise UserError(
                 f"{path} is corrupted or was edited: sha256 {actual[:12]}... does not match "
-                f"{expected[:12]}... in {MASK_META}; re-run the stage that produced it"
+                f"{str(expected)[:12]}... in {meta}; re-run the stage that produced it"
             )
         return cls(load_file(str(path)))

@@ -107,9 +107,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, reset_head
     model's fresh init. Anything else that differs is a UserError naming the first keys."""
     own = model.state_dict()
     head_keys = {k for k in own if head and k.startswith(head + ".")}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing, unexpected, shape = differences(own, state)
     skipped = [k for k in (missing + shape) if reset_head and k in head_keys]
     missing = [k for k in missing if k not in skipped]
     shape = [k for k in shape if k not in skipped]
@@ -119,22 +117,48 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, reset_head
                f"{tuple(state[k].shape)}: a different class count; set model.reset_head=true for "
                "a new head") if k in head_keys else ("keep model.* as the weights were trained "
                                                     "with")
-        raise UserError(f"{source} does not fit the model: {k} is {tuple(state[k].shape)} in the "
-                        f"file and {tuple(own[k].shape)} in the model ({len(shape)} shape "
-                        f"mismatch(es)); {why}")
+        raise UserError(f"{source} does not fit the model: {_shapes(own, state, shape)}; {why}")
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}"
-                         f"{' ...' if len(unexpected) > 3 else ''}")
-        raise UserError(f"{source} does not fit the model: {'; '.join(parts)} (keys of "
+        raise UserError(f"{source} does not fit the model: {_keys(missing, unexpected)} (keys of "
                         "model.state_dict(); is it the same architecture and model.args?)")
     loaded = {k: v for k, v in state.items() if k not in skipped}
     model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in loaded.items()}})
     return [f"new head {head!r} (model.reset_head): {', '.join(skipped)} keep a fresh init"] \
         if skipped else []
+
+
+def differences(own, state) -> tuple[list[str], list[str], list[str]]:
+    """Keys of the model missing from `state`, keys of `state` the model lacks, and keys whose
+    shapes differ."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, shape
+
+
+def mismatch(own, state, partial: bool = False) -> str | None:
+    """How `state` (name -> tensor) does not fit a model's state dict `own`, in words; None if
+    it fits. `partial`: `state` may cover only some of the model's tensors (e.g. masks)."""
+    missing, unexpected, shape = differences(own, state)
+    if shape:
+        return _shapes(own, state, shape)
+    if unexpected or (missing and not partial):
+        return _keys([] if partial else missing, unexpected)
+    return None
+
+
+def _shapes(own, state, shape: list[str]) -> str:
+    k = shape[0]
+    return (f"{k} is {tuple(state[k].shape)} in the file and {tuple(own[k].shape)} in the model "
+            f"({len(shape)} shape mismatch(es))")
+
+
+def _keys(missing: list[str], unexpected: list[str]) -> str:
+    parts = []
+    for word, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            parts.append(f"{word} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}")
+    return "; ".join(parts)
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:

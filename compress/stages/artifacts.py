@@ -10,6 +10,10 @@ Layout of a stage folder:
     model.onnx            structurally shrunk ONNX, in export.precision        [export]
     model.fp32.onnx       the fp32 model it came from (precision != fp32)      [export]
     export_table.json     + .md: dense vs shrunk (vs reduced) size, speed, accuracy [export]
+
+stage.json lists every file (`files`: key -> relative path) with its sha256; read_stage checks
+each (inside the folder, present, same sha256, parses) and StageInfo.state/masks check that the
+tensors fit the model they are loaded into. Per-round masks under rounds/ are not listed.
 """
 
 from __future__ import annotations
@@ -20,17 +24,18 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from compress.core.masks import MaskSet, file_sha256
+from compress.core.masks import MASK_META, MaskSet, file_sha256
 from compress.errors import UserError
 
 STAGE_FILE = "stage.json"
 WEIGHTS, INIT = "weights.safetensors", "init.safetensors"
+HISTORY = "history.json"
 
 
 @contextlib.contextmanager
@@ -81,21 +86,72 @@ class StageInfo:
     def has(self, key: str) -> bool:
         return key in self.record.get("files", {})
 
-    def state(self, key: str = "weights") -> dict[str, torch.Tensor]:
-        return load_state(self.path(key))
+    def state(self, key: str = "weights", like=None) -> dict[str, torch.Tensor]:
+        """The tensors of file `key`; with `like` (a model or a state dict) their names and
+        shapes must be the model's, else one line naming this folder and the file."""
+        from safetensors import SafetensorError
+        try:
+            state = load_state(self.path(key))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise self.damaged(self.record["files"][key],
+                               f"is not a readable safetensors file ({_first_line(e)})") from None
+        if like is not None:
+            self._fits(key, state, like)
+        return state
 
-    def masks(self) -> MaskSet | None:
-        return MaskSet.load(self.dir) if self.has("masks") else None
+    def masks(self, like=None) -> MaskSet | None:
+        """The masks (verified against masks.json); with `like` (the model), every mask must
+        name one of its tensors (weights, and biases of cut channels) and have its shape."""
+        if not self.has("masks"):
+            return None
+        from safetensors import SafetensorError
+        files = self.record["files"]
+        try:
+            masks = MaskSet.load(self.dir, files["masks"], files.get("masks_meta", MASK_META))
+        except (SafetensorError, OSError, ValueError, TypeError) as e:
+            raise self.damaged(files["masks"], f"is not a readable mask set ({_first_line(e)})") \
+                from None
+        if like is not None:
+            self._fits("masks", masks, like, partial=True)
+        return masks
+
+    def _fits(self, key: str, tensors, like, partial: bool = False) -> None:
+        from compress.models.weights import mismatch
+        own = like.state_dict() if isinstance(like, nn.Module) else like
+        problem = mismatch(own, tensors, partial=partial)
+        if problem:
+            raise self.damaged(self.record["files"][key],
+                               f"does not fit the model its stage.json describes ({problem})")
+
+    def damaged(self, name: str, why: str) -> UserError:
+        return damaged(self.dir, self.record.get("stage"), name, why)
+
+
+def damaged(directory: Path, stage, name: str, why: str) -> UserError:
+    """The one-line error for a broken file of a stage folder: which folder, which file, the fix."""
+    return UserError(f"stage folder {directory}: {name} {why}; delete the folder and re-run the "
+                     f"{stage or 'stage that wrote it'} stage")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def write_record(directory: Path, record: dict) -> None:
     """stage.json with a sha256 for every file, so a later read can verify them."""
     files = record.get("files", {})
+    for key, name in files.items():
+        _inside(Path(directory), record.get("stage"), key, name)  # a writer's bug, caught early
     record["sha256"] = {k: file_sha256(directory / v) for k, v in files.items()}
     (directory / STAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
 def read_stage(directory: Path) -> StageInfo:
+    """The stage in `directory`, every file it lists checked: a relative path inside the folder
+    (no absolute path, no `..`, no symlink out of it), present, matching its sha256 in
+    stage.json, and readable (safetensors headers, JSON). Anything else is one line naming the
+    folder and the file (UserError)."""
     directory = Path(directory)
     path = directory / STAGE_FILE
     if not path.is_file():
@@ -103,16 +159,58 @@ def read_stage(directory: Path) -> StageInfo:
                         "stage printed, or its MLflow run id")
     try:
         record = json.loads(path.read_text())
-    except ValueError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); re-run the stage") from None
-    for key, name in record.get("files", {}).items():
-        f = directory / name
+    except (ValueError, UnicodeDecodeError) as e:
+        raise damaged(directory, None, STAGE_FILE, f"is not valid JSON ({e})") from None
+    files = record.get("files") if isinstance(record, dict) else None
+    sums = record.get("sha256") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or not isinstance(sums, dict) \
+            or not all(isinstance(record.get(k), str) for k in ("stage", "id")):
+        raise damaged(directory, None, STAGE_FILE, "lacks its stage, id, files or sha256 entries")
+    stage = record["stage"]
+    for key, name in files.items():
+        f = _inside(directory, stage, key, name)
         if not f.is_file():
-            raise UserError(f"{f} is missing; re-run the {record.get('stage')} stage")
-        if key != "masks" and file_sha256(f) != record.get("sha256", {}).get(key):
-            raise UserError(f"{f} does not match the sha256 in {STAGE_FILE} (corrupted or "
-                            f"edited); re-run the {record.get('stage')} stage")
+            raise damaged(directory, stage, name, f"({key}) is missing")
+        if file_sha256(f) != sums.get(key):
+            raise damaged(directory, stage, name, f"({key}) does not match its sha256 in "
+                          f"{STAGE_FILE} (corrupted or edited)")
+        _readable(directory, stage, f, name)
     return StageInfo(directory, record)
+
+
+def _inside(directory: Path, stage, key: str, name) -> Path:
+    """directory/name, if `name` is a relative path that stays inside the folder."""
+    pure = PurePosixPath(name) if isinstance(name, str) else None
+    if pure is None or not name or pure.is_absolute() or PureWindowsPath(name).is_absolute() \
+            or ".." in pure.parts or "\\" in name:
+        raise damaged(directory, stage, STAGE_FILE, f"lists {key} as {name!r}: the files of a "
+                      "stage are relative paths inside its folder")
+    f = directory / pure
+    try:
+        target = f.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise damaged(directory, stage, str(name), f"({key}) cannot be resolved ({e})") from None
+    if not target.is_relative_to(directory.resolve()):
+        raise damaged(directory, stage, str(name), f"({key}) is a link to {target}, outside "
+                      "the folder: the files of a stage live inside its folder")
+    return f
+
+
+def _readable(directory: Path, stage, f: Path, name: str) -> None:
+    """A cheap check that the file parses: a safetensors header, a JSON document."""
+    if f.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                h.keys()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise damaged(directory, stage, name, "is not a readable safetensors file "
+                          f"({_first_line(e)})") from None
+    elif f.suffix == ".json":
+        try:
+            json.loads(f.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise damaged(directory, stage, name, f"is not valid JSON ({e})") from None
 
 
 def plot_density(masks: MaskSet, path: Path, title: str) -> None:

@@ -33,7 +33,7 @@ def dense_teacher(cfg, src: StageInfo, data) -> nn.Module:
                         "pretrain/import stage, or drop `distill`")
     dense = read_stage(Path(where["dir"]))
     teacher = build(cfg, data)
-    teacher.load_state_dict(dense.state("weights"))
+    teacher.load_state_dict(dense.state("weights", like=teacher))
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

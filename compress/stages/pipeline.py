@@ -126,14 +126,20 @@ def preflight(stages: list[Planned], sources: dict[str, StageInfo]) -> None:
 
 
 def stage_status(p: Planned) -> tuple[str, StageInfo | None]:
-    """done (intact, same identity) | stale (different config or corrupted) | missing."""
+    """done (intact, same identity) | stale (different config) | damaged | missing."""
+    return stage_check(p)[:2]
+
+
+def stage_check(p: Planned) -> tuple[str, StageInfo | None, str | None]:
+    """stage_status, and for a damaged folder why (a file missing, edited, unreadable, or
+    outside the folder): a resumed pipeline re-runs a damaged stage like a stale one."""
     if not (p.out / STAGE_FILE).is_file():
-        return "missing", None
+        return "missing", None, None
     try:
         info = read_stage(p.out)
-    except UserError:
-        return "stale", None
-    return ("done", info) if info.id == p.id else ("stale", info)
+    except UserError as e:
+        return "damaged", None, str(e)
+    return ("done", info, None) if info.id == p.id else ("stale", info, None)
 
 
 def run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: int | None,
@@ -173,12 +179,15 @@ def _run_pipeline(spec: PipelineSpec, env: StageEnv, layers: list[dict], seed: i
                 env.tracker.end_stale_children(parent)
             for p in stages:
                 src = infos.get(p.spec.from_) if p.spec.from_ else None
-                status, done = dist.on_main(lambda: stage_status(p)) if not fresh else ("missing", None)
+                status, done, problem = dist.on_main(lambda: stage_check(p)) if not fresh \
+                    else ("missing", None, None)
                 if status == "done":
                     env.log(f"{p.spec.id}: reused {p.out} (same config and inputs, files intact)")
                     complete_run(env, done)  # its run, if the last attempt lost it midway
                     records[p.spec.id] = {**done.record, "out_dir": str(p.out), "reused": True}
                 else:
+                    if problem:
+                        env.log(f"{p.spec.id}: running it again, its folder is damaged: {problem}")
                     records[p.spec.id] = run_one(p.spec.stage, p.cfg, env, src, p.out)
                 infos[p.spec.id] = StageInfo(Path(records[p.spec.id]["out_dir"]), records[p.spec.id])
     return {"run_id": parent, "pipeline": spec.name, "stages": records}
@@ -192,9 +201,10 @@ def status_rows(spec: PipelineSpec, layers: list[dict], seed: int | None, root: 
     with one_scan_per_command():
         planned = plan(spec, layers, seed, root, infos)
     for p in planned:
-        status, info = stage_status(p)
+        status, info, problem = stage_check(p)
         rows.append({"id": p.spec.id, "stage": p.spec.stage, "status": status, "dir": str(p.out),
-                     "run_id": info.record.get("run_id") if info else None, "identity": p.id[:12]})
+                     "run_id": info.record.get("run_id") if info else None, "identity": p.id[:12],
+                     **({"problem": problem} if problem else {})})
     return rows
 
 

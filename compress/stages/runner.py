@@ -19,7 +19,7 @@ from compress.config import Config
 from compress.core import dist
 from compress.core.loop import evaluate
 from compress.errors import Diverged
-from compress.stages.artifacts import StageInfo, staging, write_record
+from compress.stages.artifacts import HISTORY, StageInfo, staging, write_record
 from compress.tracking.base import NullTracker, Tracker
 
 DEFAULT_ROOT = Path("runs")
@@ -199,7 +199,8 @@ def _diverging(label: str, env: StageEnv, body: Callable[[Path], Work], tmp: Pat
 
 def _write(tmp: Path, work: Work, record: dict) -> None:
     if work.history:
-        (tmp / "history.json").write_text(json.dumps(work.history))
+        (tmp / HISTORY).write_text(json.dumps(work.history))
+        record["files"] = {**record["files"], "history": HISTORY}
     write_record(tmp, record)
 
 

@@ -13,7 +13,7 @@ from compress.config import Config
 from compress.core import dist
 from compress.core.loop import fit
 from compress.core.masking import MaskEnforcer, apply_masks, prunable_parameters
-from compress.core.masks import MaskSet
+from compress.core.masks import MASK_FILE, MASK_META, MaskSet
 from compress.core.shrink import structure
 from compress.errors import UserError
 from compress.stages.artifacts import INIT, WEIGHTS, StageInfo, plot_curve, plot_density, save_state
@@ -164,28 +164,32 @@ def _round_logger(env: StageEnv, tmp: Path):
 
 def retrain(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None) -> dict:
     from compress.methods import controls
-    masks = src.masks()
-    if masks is None:
+    if not src.has("masks"):
         raise UserError(f"{src.dir} holds no masks (a {src.stage} stage); retrain needs the "
                         "output of prune or retrain")
     mode, data = cfg.retrain.mode, load_data(cfg)
-    train_cfg = _with_teacher(cfg, cfg.retrain.train or cfg.train, src, data)
     arch = architecture(src)
+    shaped = build(cfg, data, architecture=arch)  # the model the source's weights fit
+    dense = shaped if arch is None else build(cfg, data)  # ... and its init
+    masks = src.masks(like=shaped)
+    train_cfg = _with_teacher(cfg, cfg.retrain.train or cfg.train, src, data)
     rewound = None
     if mode in ("rewind", "random_prune"):
         rewound = controls.rewind_state(
-            lambda o: build(cfg, data, seed_offset=o), src.state("init"), cfg.retrain.rewind,
-            data, _dense_train(cfg, src), src.record.get("dense_seed", cfg.seed))
+            lambda o: build(cfg, data, seed_offset=o), src.state("init", like=dense),
+            cfg.retrain.rewind, data, _dense_train(cfg, src),
+            src.record.get("dense_seed", cfg.seed))
         if arch is not None:  # the rewound dense weights of the kept channels
             rewound = build(cfg, data, architecture=arch, dense_state=rewound).state_dict()
     example = data.test.head(1)
     dense_macs = None
     if arch is not None:  # Scratch-B's budget scales with the configured (dense) model's MACs
         from compress.core.flops import layer_macs
-        dense_macs = float(sum(layer_macs(build(cfg, data), example).values()))
+        dense_macs = float(sum(layer_macs(dense, example).values()))
+    trained = src.state("weights", like=shaped) if mode == "finetune" else None
     start = controls.prepare(mode, build=lambda o: build(cfg, data, seed_offset=o,
                                                          architecture=arch),
-                             masks=masks, trained=src.state("weights") if mode == "finetune" else None,
+                             masks=masks, trained=trained,
                              rewound=rewound, duration=train_cfg.duration, example=example,
                              seed=cfg.seed, scope=cfg.retrain.scope, dense_macs=dense_macs)
 
@@ -201,19 +205,15 @@ def retrain(cfg: Config, src: StageInfo, env: StageEnv, out: Path | None = None)
 def _init(cfg: Config, data, src: StageInfo) -> dict[str, torch.Tensor]:
     """The source's initialisation, cut like the source's model when it was cut."""
     arch = architecture(src)
-    init = src.state("init")
+    init = src.state("init", like=build(cfg, data))
     return init if arch is None else build(cfg, data, architecture=arch,
                                            dense_state=init).state_dict()
 
 
 def _load(cfg: Config, data, src: StageInfo) -> tuple[torch.nn.Module, MaskSet]:
     model = build(cfg, data, architecture=architecture(src))
-    try:
-        model.load_state_dict(src.state("weights"))
-    except RuntimeError as e:
-        raise UserError(f"the weights in {src.dir} do not fit the configured model "
-                        f"({str(e).splitlines()[0]}); keep model.* as in that run") from None
-    masks = src.masks() or MaskSet.ones_like(prunable_parameters(model))
+    model.load_state_dict(src.state("weights", like=model))
+    masks = src.masks(like=model) or MaskSet.ones_like(prunable_parameters(model))
     apply_masks(model, masks)
     return model, masks
 
@@ -223,7 +223,7 @@ def _finish(tmp: Path, model, masks: MaskSet, src: StageInfo, data, history, ext
     shutil.copyfile(src.path("init"), tmp / INIT)
     masks.save(tmp, source_run=src.record.get("run_id"))
     plot_density(masks, tmp / "density.png", extra.get("mode") or "pruned")
-    files = {"weights": WEIGHTS, "init": INIT, "masks": "masks.safetensors",
+    files = {"weights": WEIGHTS, "init": INIT, "masks": MASK_FILE, "masks_meta": MASK_META,
              "density_plot": "density.png"}
     from compress.stages.lineage import dense_source
     extra = {**extra, **data_record(data), "layer_density": masks.layer_density(),

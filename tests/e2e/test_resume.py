@@ -62,9 +62,9 @@ def test_rerun_reuses_finished_stages_and_reruns_what_changed(tmp_path):
     assert [s["reused"] for s in third["stages"].values()] == [True, False, False]
     assert third["stages"]["dense"]["run_id"] == first["stages"]["dense"]["run_id"]
 
-    # A corrupted file makes its stage stale, not a crash.
+    # A corrupted file makes its stage damaged (re-run like a stale one), not a crash.
     (tmp_path / "r" / "prune" / "weights.safetensors").write_bytes(b"garbage")
-    assert _status(f, "r", *change)["prune"] == "stale"
+    assert _status(f, "r", *change)["prune"] == "damaged"
     fresh = compress("pipeline", "run", str(f), "--no-track", "--out", "r", "--fresh", *change,
                      cwd=tmp_path)
     assert fresh.returncode == 0 and "reused" not in fresh.stderr, fresh.stderr

@@ -155,7 +155,7 @@ class EdgePopup(Method):
         seeds = src.record.get("method_info", {}).get("seeds")
         if seeds is None:
             return
-        redrawn = src.state("redrawn") if src.has("redrawn") else {}
+        redrawn = src.state("redrawn") if src.has("redrawn") else {}  # read_stage verified it
         params = dict(model.named_parameters())
         for name, w in rebuild(model, seeds, redrawn, masks).items():
             if not torch.equal(w, params[name].detach()):
