@@ -102,7 +102,7 @@ def throughput(root: Path, args) -> dict:
     stream = load_dataset("imagefolder", {"root": str(root), "num_workers": 2, "seed": 0})
     augmented = load_dataset("imagefolder", {"root": str(root), "num_workers": 2,
                                              "augment": "standard", "seed": 0})
-    n = args.steps * BATCH
+    n = min(args.steps, len(stream.train) // BATCH) * BATCH  # whole batches the split holds
     order = torch.randperm(len(stream.train), generator=torch.Generator().manual_seed(0))[:n]
     lists = [order[i:i + BATCH] for i in range(0, n, BATCH)]
     log(f"decoding {n} training images into memory for the in-memory runs")

@@ -101,12 +101,19 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     if args.quick:
         args.epochs, args.finetune, args.sparsities = 1, "1ep", "0.5"
+    name = f"your_model_{args.arch}{'_quick' if args.quick else ''}.json"
+    out = args.out or RESULTS_DIR / name
     result = {"provenance": provenance(), "args": {k: str(v) for k, v in vars(args).items()}}
     with tempfile.TemporaryDirectory(prefix="your-model-") as tmp:
         work = Path(tmp)
         folder = write_digit_folder(work / "digits", per_class=None)
         log(f"user training: {args.arch}, {args.epochs} epochs")
         result["user_test_accuracy"] = user_training(folder, work, args.arch, args.epochs)
+        log(f"the user's own test accuracy: {result['user_test_accuracy']:.4f}")
+        if not args.no_data:  # written as soon as measured: a later failure keeps it
+            log("data loading and memory")
+            result["data"] = data_part(folder, work, args.quick)
+            write_json(out, result)
         result["variants"] = []
         for s in [float(v) for v in args.sparsities.split(",")]:
             for distill in (False, True):
@@ -115,11 +122,7 @@ def main(argv=None) -> None:
                 result["variants"].append(compress_variant(folder, work, args.arch, s, distill,
                                                            args.finetune, tag))
                 log(json.dumps(result["variants"][-1]))
-        if not args.no_data:
-            log("data loading and memory")
-            result["data"] = data_part(folder, work, args.quick)
-    name = f"your_model_{args.arch}{'_quick' if args.quick else ''}.json"
-    write_json(args.out or RESULTS_DIR / name, result)
+                write_json(out, result)
     print(summary(result))
 
 
