@@ -12,16 +12,28 @@
    winner structurally shrunk (compress.core.structure.shrink_mlp), at batch 1 and 256, with
    compress.export.onnx.ort_session (2 intra-op threads, spinning off); round-robin, medians;
    the multiply-add ratio next to the measured speedup.
+3. Tracking (--tracking, runs only this section): the demo command `compress prune --method cpna
+   --json` with MLflow tracking (local sqlite store) and with --no-track, each in a fresh
+   subprocess, alternately (A B, then B A: paired runs). Each mode has its own working folder;
+   its first run (which trains the stages and, tracked, creates the store) is reported apart;
+   the pairs after it re-run the command on the finished folders (every stage reused, what the
+   issue timed). Reported: median per-pair ratio tracked/untracked of CPU time (user+sys of the
+   child, what a loaded machine cannot distort much) and of wall time; plus where the tracked
+   run's extra CPU seconds go (one subprocess timing its imports and store calls in turn).
+   Goal: tracked / untracked <= 1.2.
 
   .venv/bin/python bench/overhead.py                       # runs its own 3D pretrain + CPNA
   .venv/bin/python bench/overhead.py --cpna-dir DIR        # reuse a CPNA(all) prune-stage folder
   .venv/bin/python bench/overhead.py --quick               # < 1 min smoke test
+  OMP_NUM_THREADS=2 .venv/bin/python bench/overhead.py --tracking [--pairs 8] [--demo-full]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -66,7 +78,15 @@ def parse_args(argv=None):
     ap.add_argument("--ort-rounds", type=int, default=40, help="round-robin rounds, ORT (>= 20)")
     ap.add_argument("--extra-threads", default="1",
                     help="also time the step at these torch thread counts (comma list, '' for none)")
+    ap.add_argument("--tracking", action="store_true",
+                    help="only section 3: tracked vs --no-track demo runs, paired")
+    ap.add_argument("--pairs", type=int, default=8, help="tracked/untracked pairs (--tracking)")
+    ap.add_argument("--demo-full", action="store_true",
+                    help="--tracking: the demo's own training length for the first runs (minutes); "
+                         "default shortens it (the timed re-runs reuse the stages either way)")
     args = ap.parse_args(argv)
+    if args.tracking:
+        args.out = args.out or RESULTS_DIR / "overhead_tracking.json"
     if args.quick:
         args.step_rounds, args.steps_per_round, args.fit_rounds, args.ort_rounds = 6, 3, 2, 20
         args.phase_rounds = 20
@@ -353,9 +373,130 @@ def ort_timing(args, dense, sparse, masks, data, work: Path) -> dict:
     return out
 
 
+# ------------------------------------------------------------------ tracking (section 3)
+DEMO = ["prune", "--method", "cpna", "--json"]
+SHORT_DEMO = ["--set", "train.duration=2ep", "--set", "method.anneal_epochs=2",
+              "--set", "method.final_epochs=1"]
+REPO = Path(__file__).resolve().parent.parent
+
+# Run in a subprocess: CPU seconds of each step a tracked command adds, in the order it does them.
+BREAKDOWN = """
+import json, resource, sys
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+marks = [("start", cpu())]
+import torch, compress.cli
+marks.append(("import torch + compress (untracked too)", cpu()))
+from compress.tracking.mlflow_tracker import _import_mlflow
+_import_mlflow()
+marks.append(("import mlflow", cpu()))
+import mlflow.store.tracking.sqlalchemy_store
+marks.append(("import mlflow's sqlite store", cpu()))
+from compress.tracking import make_tracker
+tracker = make_tracker(True, experiment="overhead-breakdown")
+marks.append(("open the store, get/create experiment", cpu()))
+with tracker.run("breakdown"):
+    tracker.log_params({"a": {"b": 1, "c": 2}})
+    tracker.log_metrics({"m": 1.0})
+    tracker.set_tags({"k": "v"})
+marks.append(("one run: params, metrics, tags, end", cpu()))
+print(json.dumps({b[0]: round(b[1] - a[1], 3) for a, b in zip(marks, marks[1:])}))
+"""
+
+
+def _child_cpu() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(cmd: list[str], cwd: Path) -> dict:
+    """CPU (user+sys of the child) and wall seconds of one command in a fresh subprocess."""
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    cpu0, wall0 = _child_cpu(), time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall, cpu = time.perf_counter() - wall0, _child_cpu() - cpu0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-2000:]}")
+    return {"cpu_s": round(cpu, 3), "wall_s": round(wall, 3), "stdout": done.stdout}
+
+
+def tracking_pairs(args, work: Path) -> dict:
+    base = [sys.executable, "-m", "compress", *DEMO, *([] if args.demo_full else SHORT_DEMO)]
+    modes = {"tracked": base + ["--track"], "untracked": base + ["--no-track"]}
+    dirs = {m: work / m for m in modes}
+    first = {}
+    for mode, cmd in modes.items():
+        dirs[mode].mkdir(parents=True)
+        log(f"first {mode} run (trains the stages{', creates the store' if mode == 'tracked' else ''})")
+        first[mode] = {k: v for k, v in _timed(cmd, dirs[mode]).items() if k != "stdout"}
+    runs = {m: [] for m in modes}
+    for i in range(args.pairs):
+        order = list(modes) if i % 2 == 0 else list(modes)[::-1]
+        for mode in order:
+            out = _timed(modes[mode], dirs[mode])
+            runs[mode].append({k: v for k, v in out.items() if k != "stdout"})
+        log(f"pair {i + 1}/{args.pairs}: tracked {runs['tracked'][-1]['cpu_s']:.2f} s CPU, "
+            f"untracked {runs['untracked'][-1]['cpu_s']:.2f} s CPU")
+    summary = {}
+    for key in ("cpu_s", "wall_s"):
+        ratios = [t[key] / u[key] for t, u in zip(runs["tracked"], runs["untracked"])]
+        summary[key] = {
+            "tracked_median": round(statistics.median(r[key] for r in runs["tracked"]), 3),
+            "untracked_median": round(statistics.median(r[key] for r in runs["untracked"]), 3),
+            "median_paired_ratio": round(statistics.median(ratios), 3),
+            "paired_ratios": [round(r, 3) for r in ratios]}
+    summary["first_run"] = first
+    summary["runs"] = runs
+    summary["command"] = " ".join(["compress", *modes["tracked"][3:]])
+    return summary
+
+
+def tracking_breakdown(work: Path, fresh: bool) -> dict:
+    """CPU seconds per step of tracking, against an existing store or a fresh one."""
+    folder = work / ("breakdown-fresh" if fresh else "tracked")
+    folder.mkdir(exist_ok=True)
+    out = _timed([sys.executable, "-c", BREAKDOWN], folder)
+    return json.loads(out["stdout"].strip().splitlines()[-1])
+
+
+def tracking_main(args) -> int:
+    meta = provenance()
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="overhead-tracking-") as tmp:
+        work = Path(tmp)
+        pairs = tracking_pairs(args, work)
+        breakdown = {"existing_store": tracking_breakdown(work, fresh=False),
+                     "fresh_store": tracking_breakdown(work, fresh=True)}
+    cpu, wall = pairs["cpu_s"], pairs["wall_s"]
+    payload = {"benchmark": "overhead_tracking", **meta,
+               "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "pairs": pairs, "breakdown_cpu_s": breakdown,
+               "goal_tracked_over_untracked_le_1.2": cpu["median_paired_ratio"] <= 1.2,
+               "wall_seconds_total": round(time.perf_counter() - t_start, 1),
+               "loadavg_end": list(os.getloadavg())}
+    write_json(args.out, payload)
+    print()
+    print(markdown_table(
+        ["", "tracked (median)", "--no-track (median)", "median paired ratio"],
+        [[f"{k} s", f"{v['tracked_median']:.2f}", f"{v['untracked_median']:.2f}",
+          f"{v['median_paired_ratio']:.2f}x"] for k, v in (("CPU", cpu), ("wall", wall))]))
+    print()
+    print(markdown_table(["tracked run: step", "CPU s (existing store)", "CPU s (fresh store)"],
+                         [[k, f"{v:.2f}", f"{breakdown['fresh_store'][k]:.2f}"]
+                          for k, v in breakdown["existing_store"].items()]))
+    print(f"\nresults: {args.out}  (total {payload['wall_seconds_total']:.0f} s)")
+    return 0
+
+
 # ------------------------------------------------------------------ main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.tracking:
+        return tracking_main(args)
     meta = provenance()
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
@@ -416,7 +557,7 @@ def main(argv=None) -> int:
                "sqrt_zero_vs_positive_s": sqrt_zero_check(), "fit": fits, "onnxruntime": ort,
                "goal_masked_over_dense_le_1.10": {k: v <= 1.10 for k, v in goal.items()},
                "ratios": goal, "wall_seconds_total": round(time.perf_counter() - t_start, 1),
-               "loadavg_end": list(__import__("os").getloadavg())}
+               "loadavg_end": list(os.getloadavg())}
     write_json(args.out, payload)
 
     rows = []
