@@ -114,6 +114,13 @@ class _Chain(nn.Module):
         return self.head(x.flatten(1))
 
 
+def _dead_channels(model: nn.Module, x: torch.Tensor, masks: dict) -> dict[str, list[int]]:
+    """Per exact group, the units whose output is provably zero under `masks`."""
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return {g.name: torch.nonzero(~ch.alive_units(g, state, masks)).flatten().tolist()
+            for g in ch.channel_groups(model, x) if g.exact}
+
+
 def test_unread_channels_go_and_constant_read_channels_stay():
     torch.manual_seed(0)
     net = _Chain().eval()
@@ -122,7 +129,7 @@ def test_unread_channels_go_and_constant_read_channels_stay():
     masks["a.weight"][1] = False          # channel a1: no filter, but a live bias: constant, read
     masks["b.weight"][:, 2] = False       # channel a2: nobody reads it (its filter is alive)
     masks["head.weight"].view(3, 5, 16)[:, 4] = False  # channel b4: unread after the flatten
-    dead = ch.dead_channels(net, x, masks)
+    dead = _dead_channels(net, x, masks)
     assert dead == {"a": [2], "b": [4]}
     small, spec = ch.shrink_channels(net, x, masks, round_to=1)
     assert (small.a.out_channels, small.b.out_channels, small.head.in_features) == (5, 4, 64)

@@ -212,18 +212,6 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
-def dead_channels(model: nn.Module, example: torch.Tensor,
-                  masks: Mapping[str, torch.Tensor] | None = None,
-                  groups: Sequence[Group] | None = None) -> dict[str, list[int]]:
-    """Per exact group, the units whose output is provably zero (after `masks`)."""
-    masks = dict(masks or {})
-    _check_masks(model, masks)
-    groups = channel_groups(model, example) if groups is None else groups
-    state = _state(model)
-    return {g.name: torch.nonzero(~alive_units(g, state, masks)).flatten().tolist()
-            for g in groups if g.exact}
-
-
 def rounded_width(alive: int, size: int, round_to: int) -> int:
     """Channels to keep: `alive` rounded up to a multiple of `round_to`, at least 1, at most size."""
     return min(size, math.ceil(max(alive, 1) / round_to) * round_to)
