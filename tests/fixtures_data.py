@@ -95,6 +95,17 @@ def wine_frame():
 TABLE_SUFFIX = {"csv": ".csv", "parquet": ".parquet", "npz": ".npz"}
 
 
+def mixed_frame(n: int, seed: int = 0):
+    """A table with double, long, boolean, string-categorical and integer-categorical feature
+    columns and a 3-class `label`."""
+    import pandas as pd
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "size": rng.normal(5, 2, n), "count": rng.integers(0, 50, n),
+        "flag": rng.random(n) < 0.3, "city": rng.choice(["oslo", "rome", "lima"], n),
+        "zone": rng.choice([3, 7, 11], n), "label": np.arange(n) % 3})
+
+
 def write_table(frame, path: Path, fmt: str | None = None) -> Path:
     """`frame` as CSV, Parquet or NPZ (one 1-D array per column; strings as unicode arrays)."""
     fmt = fmt or Path(path).suffix.lstrip(".")

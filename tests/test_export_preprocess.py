@@ -11,19 +11,13 @@ from compress.data import load_dataset
 from compress.export.onnx import ExportError, export_onnx, ort_session
 from compress.export.preprocess import prepend_table, raw_feed, raw_inputs
 from compress.models.mlp import MLP
-from tests.fixtures_data import write_table
+from tests.fixtures_data import mixed_frame, write_table
 
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
     """A table with double, long, boolean, string-categorical and integer-categorical columns."""
-    import pandas as pd
-    rng = np.random.default_rng(0)
-    n = 120
-    frame = pd.DataFrame({
-        "size": rng.normal(5, 2, n), "count": rng.integers(0, 50, n),
-        "flag": rng.random(n) < 0.3, "city": rng.choice(["oslo", "rome", "lima"], n),
-        "zone": rng.choice([3, 7, 11], n), "label": np.arange(n) % 3})
+    frame = mixed_frame(120)
     path = write_table(frame, tmp_path_factory.mktemp("mixed") / "mixed.parquet")
     data = load_dataset("table", {"path": str(path), "target": "label",
                                   "categorical": ["city", "zone"]})

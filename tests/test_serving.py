@@ -80,22 +80,16 @@ def linear_folder(tmp_path_factory) -> Path:
 def table(tmp_path_factory):
     """A table model on raw columns of every kind (double, long, boolean, string, categorical
     long), saved as an MLflow model with its first two raw test rows as the example."""
-    import pandas as pd
     import torch
 
     from compress.data import load_dataset
     from compress.export.onnx import export_onnx
     from compress.export.preprocess import prepend_table, raw_feed
     from compress.models.mlp import MLP
-    from tests.fixtures_data import write_table
+    from tests.fixtures_data import mixed_frame, write_table
 
     root = tmp_path_factory.mktemp("table")
-    rng = np.random.default_rng(0)
-    n = 90
-    frame = pd.DataFrame({
-        "size": rng.normal(5, 2, n), "count": rng.integers(0, 50, n),
-        "flag": rng.random(n) < 0.3, "city": rng.choice(["oslo", "rome", "lima"], n),
-        "zone": rng.choice([3, 7, 11], n), "label": np.arange(n) % 3})
+    frame = mixed_frame(90)
     data = load_dataset("table", {"path": str(write_table(frame, root / "t.parquet")),
                                   "target": "label", "categorical": ["city", "zone"]})
     torch.manual_seed(0)
