@@ -80,6 +80,13 @@ class RayCluster:
                 "--ray-client-server-port", str(self.client_port),
                 "--node-manager-port", str(free_port()),
                 "--object-manager-port", str(free_port()),
+                # every port a head binds, free ones: its fixed defaults (dashboard 8265, agent
+                # 52365) would collide with another cluster on the machine (a parallel CI job)
+                "--dashboard-port", str(free_port()),
+                "--dashboard-agent-listen-port", str(free_port()),
+                "--dashboard-agent-grpc-port", str(free_port()),
+                "--metrics-export-port", str(free_port()),
+                "--runtime-env-agent-port", str(free_port()),
                 "--include-dashboard", "false", "--disable-usage-stats",
                 "--object-store-memory", str(100 * 1024 ** 2), "--temp-dir", str(self.root / "t")]
 
