@@ -74,7 +74,7 @@ def _run(tmp_path: Path, reader: str, folder: Path):
     return r
 
 
-def _refused(r, folder: Path, name: str, *words: str) -> str:
+def assert_refused(r, folder: Path, name: str, *words: str) -> str:
     """Exit 2, one line naming the folder and the file, saying how to fix it."""
     assert_user_error(r, f"stage folder {folder}", name, "delete the folder and re-run", *words)
     return errors(r.stderr)
@@ -103,7 +103,7 @@ def test_a_flipped_byte_in_any_listed_file_is_refused(made, tmp_path, key, reade
     raw = bytearray((folder / name).read_bytes())
     raw[len(raw) // 2] ^= 1
     (folder / name).write_bytes(bytes(raw))
-    _refused(_run(tmp_path, reader, folder), folder, name, "sha256")
+    assert_refused(_run(tmp_path, reader, folder), folder, name, "sha256")
 
 
 @pytest.mark.parametrize("key", ["weights", "init", "history"])
@@ -113,7 +113,7 @@ def test_prune_from_a_pretrain_with_a_flipped_byte_is_refused(made, tmp_path, ke
     raw = bytearray((folder / name).read_bytes())
     raw[-1] ^= 1
     (folder / name).write_bytes(bytes(raw))
-    _refused(_run(tmp_path, "prune", folder), folder, name, "sha256")
+    assert_refused(_run(tmp_path, "prune", folder), folder, name, "sha256")
 
 
 def test_an_edited_masks_json_is_refused(made, tmp_path):
@@ -122,13 +122,13 @@ def test_an_edited_masks_json_is_refused(made, tmp_path):
     meta = json.loads((folder / "masks.json").read_text())
     meta["density"] = 0.5
     (folder / "masks.json").write_text(json.dumps(meta))
-    _refused(_run(tmp_path, "retrain", folder), folder, "masks.json", "sha256")
+    assert_refused(_run(tmp_path, "retrain", folder), folder, "masks.json", "sha256")
 
 
 def test_a_missing_listed_file_is_refused(made, tmp_path):
     folder = _copy(made, "prune", tmp_path)
     (folder / "masks.json").unlink()
-    _refused(_run(tmp_path, "export", folder), folder, "masks.json", "missing")
+    assert_refused(_run(tmp_path, "export", folder), folder, "masks.json", "missing")
 
 
 @pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink", "nested-dotdot"])
@@ -150,7 +150,7 @@ def test_files_outside_the_stage_folder_are_refused(made, tmp_path, how, reader)
         record["files"]["weights"] = name
         _write_record(folder, record)
     _rehash(folder)
-    err = _refused(_run(tmp_path, reader, folder), folder,
+    err = assert_refused(_run(tmp_path, reader, folder), folder,
                    "stage.json" if how != "symlink" else name, "inside its folder")
     assert ("outside the folder" in err) == (how == "symlink"), err
 
@@ -181,7 +181,7 @@ def test_random_bytes_with_a_matching_sha256_are_one_line(made, tmp_path, key, r
         meta["sha256"] = file_sha256(folder / name)
         (folder / "masks.json").write_text(json.dumps(meta))
     _rehash(folder)
-    _refused(_run(tmp_path, reader, folder), folder, name, "not a readable safetensors file")
+    assert_refused(_run(tmp_path, reader, folder), folder, name, "not a readable safetensors file")
 
 
 @pytest.mark.parametrize("name", ["history.json", "masks.json"])
@@ -189,7 +189,7 @@ def test_broken_json_with_a_matching_sha256_is_one_line(made, tmp_path, name):
     folder = _copy(made, "prune", tmp_path)
     (folder / name).write_text("{not json")
     _rehash(folder)
-    _refused(_run(tmp_path, "retrain", folder), folder, name, "not valid JSON")
+    assert_refused(_run(tmp_path, "retrain", folder), folder, name, "not valid JSON")
 
 
 def _reshaped(path: Path, how: str) -> None:
@@ -224,7 +224,7 @@ def test_tensors_that_do_not_fit_the_model_are_one_line(made, tmp_path, reader, 
         meta["sha256"] = file_sha256(folder / name)
         (folder / "masks.json").write_text(json.dumps(meta))
     _rehash(folder)
-    _refused(_run(tmp_path, reader, folder), folder, name, "does not fit the model")
+    assert_refused(_run(tmp_path, reader, folder), folder, name, "does not fit the model")
 
 
 def test_masks_that_are_not_boolean_are_one_line(made, tmp_path):
@@ -235,7 +235,7 @@ def test_masks_that_are_not_boolean_are_one_line(made, tmp_path):
     meta["sha256"] = file_sha256(folder / "masks.safetensors")
     (folder / "masks.json").write_text(json.dumps(meta))
     _rehash(folder)
-    _refused(_run(tmp_path, "export", folder), folder, "masks.safetensors",
+    assert_refused(_run(tmp_path, "export", folder), folder, "masks.safetensors",
              "not a readable mask set")
 
 
@@ -244,7 +244,7 @@ def test_masks_that_are_not_boolean_are_one_line(made, tmp_path):
 def test_a_malformed_stage_json_is_one_line(made, tmp_path, text):
     folder = _copy(made, "prune", tmp_path)
     (folder / "stage.json").write_text(text)
-    _refused(_run(tmp_path, "retrain", folder), folder, "stage.json")
+    assert_refused(_run(tmp_path, "retrain", folder), folder, "stage.json")
 
 
 def test_a_folder_written_before_masks_json_was_hashed_is_still_read(made, tmp_path):
@@ -327,5 +327,5 @@ def test_a_damaged_source_of_a_pipeline_is_refused(made, tmp_path):
     folder = _copy(made, "pre", tmp_path)
     (folder / "history.json").write_text("[]")
     r = compress("prune", *MAGNITUDE, "--from", str(folder), "--out", "run", *COMMON, cwd=tmp_path)
-    _refused(r, folder, "history.json", "sha256")
+    assert_refused(r, folder, "history.json", "sha256")
     assert not (tmp_path / "run").exists()
