@@ -163,7 +163,7 @@ def run_stage(stage: str, cfg: Config, env: StageEnv, body: Callable[[Path], Wor
     out_dir = Path(out) if out else env.root / f"{stage}-{(method + '-') if method else ''}{sid[:10]}"
     tags = {"compress.stage": stage, "compress.id": sid, **({"compress.method": method} if method else {}),
             **({"compress.source_run": src.record.get("run_id", "")} if src else {})}
-    label = f"{stage}{':' + method if method else ''}"
+    label = _label(stage, method)
     interrupts.release()  # a signal held since an earlier stage's registration stops us here
     with env.tracker.run(label, tags=tags) as run_id:
         env.log(f"{label} started -> {out_dir}")  # the run exists from this line on
@@ -237,6 +237,11 @@ def _track(tracker: Tracker, config: dict, work: Work, out_dir: Path) -> None:
     tracker.log_artifacts(out_dir, "stage")
 
 
+def _label(stage: str, method: str | None) -> str:
+    """The run's name and the status lines' label: `prune:magnitude`, `pretrain`."""
+    return f"{stage}:{method}" if method else stage
+
+
 def complete_run(env: StageEnv, info: StageInfo) -> bool:
     """A reused stage whose MLflow run did not finish (the process or the tracking server died
     after its folder was written) gets that same run logged again from the folder: params,
@@ -246,9 +251,9 @@ def complete_run(env: StageEnv, info: StageInfo) -> bool:
     status_now = env.tracker.run_status(run_id) if run_id else None
     if status_now in (None, "FINISHED"):  # complete, or not in this store (e.g. --no-track)
         return False
-    label = f"{info.stage}{':' + info.record['method'] if info.record.get('method') else ''}"
+    label = _label(info.stage, info.record.get("method"))
     env.log(f"{label}: MLflow run {run_id} is {status_now}; logging it again from {info.dir}")
-    history_file = Path(info.dir) / "history.json"
+    history_file = Path(info.dir) / HISTORY
     history = json.loads(history_file.read_text()) if history_file.is_file() else []
     work = Work(info.record.get("files", {}), info.record.get("metrics", {}),
                 info.record.get("density", 1.0), history)
