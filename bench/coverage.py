@@ -23,6 +23,7 @@ an interrupted run resumes (--fresh starts over).
   do flock /tmp/compress-heavy.lock .venv/bin/python bench/coverage.py --models $m; done
   .venv/bin/python bench/coverage.py --models resnet18,vit_b_16 --rounds 10
   .venv/bin/python bench/coverage.py --quick                 # 3 small models, < 2 min
+  .venv/bin/python bench/coverage.py --report                # the table of what ran so far
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     ap.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK)}, 3 rounds")
     ap.add_argument("--fresh", action="store_true", help="ignore results already in --out")
+    ap.add_argument("--report", action="store_true",
+                    help="only print the table and summary of the results in --out")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.quick:
@@ -255,6 +258,10 @@ def main(argv=None) -> None:
     previous = {}
     if args.out.exists() and not args.fresh:
         previous = json.loads(args.out.read_text()).get("results", {})
+    if args.report:
+        print(table(previous))
+        print(summary(previous))
+        return
     payload = {"provenance": provenance(), "settings": {
         k: str(v) for k, v in vars(args).items() if k != "out"}, "results": previous}
     with tempfile.TemporaryDirectory(prefix="coverage-") as tmp:
